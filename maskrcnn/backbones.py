@@ -1,0 +1,99 @@
+"""ResNet backbones from torchvision: FPN, C4 (res2-res4, res5 kept for the RoI head) or C5."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+
+KINDS = ("fpn", "c4", "c5")
+NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
+STAGES = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+
+
+@dataclass
+class Backbone:
+    """A feature extractor plus what the heads need to know about it.
+
+    body: image batch [N, 3, H, W] -> feature dict {name: [N, C, H/s, W/s]} (or one tensor for C4/C5).
+    featmap_names / strides: the maps the RoI heads pool from, finest first.
+    out_channels: C of those maps. res5: ResNet's last stage for the C4 RoI head (None otherwise).
+    """
+
+    body: nn.Module
+    featmap_names: list[str]
+    strides: list[int]
+    out_channels: int
+    res5: nn.Module | None = None
+
+
+def build_resnet(arch: str, weights: str | None, norm: str) -> nn.Module:
+    """A torchvision ResNet with ImageNet weights by name, from a local file, or random (weights=None)."""
+    if norm not in NORMS:
+        raise ValueError(f"model.backbone.norm={norm!r} is not one of {', '.join(NORMS)}")
+    try:
+        factory = getattr(torchvision.models, arch)
+    except AttributeError:
+        raise ValueError(
+            f"model.backbone.arch={arch!r} is not a torchvision ResNet (e.g. resnet18, resnet50)"
+        ) from None
+    weight_path = Path(str(weights)).expanduser() if weights else None
+    if weight_path is not None and weight_path.suffix in {".pth", ".pt"}:
+        if not weight_path.is_file():
+            raise FileNotFoundError(f"model.backbone.weights: no such file {weight_path}")
+        resnet = factory(weights=None, norm_layer=NORMS[norm])
+        state = torch.load(weight_path, map_location="cpu", weights_only=True)
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("fc.")] or unexpected:
+            raise ValueError(
+                f"{weight_path} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return resnet
+    return factory(weights=weights, norm_layer=NORMS[norm])
+
+
+def freeze_stages(resnet: nn.Module, trainable_layers: int) -> None:
+    """Freeze all but the last `trainable_layers` of conv1, layer1..layer4 (5 = train everything)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"model.backbone.trainable_layers must be in [0, 5], got {trainable_layers}")
+    frozen = set(STAGES[: len(STAGES) - trainable_layers])
+    for name, param in resnet.named_parameters():
+        stage = "conv1" if name.startswith(("conv1", "bn1")) else name.split(".")[0]
+        if stage in frozen:
+            param.requires_grad_(False)
+
+
+def build_backbone(
+    arch: str,
+    kind: str,
+    weights: str | None = None,
+    norm: str = "bn",
+    trainable_layers: int = 5,
+    fpn_channels: int = 256,
+) -> Backbone:
+    if kind not in KINDS:
+        raise ValueError(f"model.backbone.kind={kind!r} is not one of {', '.join(KINDS)}")
+    resnet = build_resnet(arch, weights, norm)
+    freeze_stages(resnet, trainable_layers)
+    c5 = resnet.fc.in_features
+    stem = [
+        resnet.conv1,
+        resnet.bn1,
+        resnet.relu,
+        resnet.maxpool,
+        resnet.layer1,
+        resnet.layer2,
+        resnet.layer3,
+    ]
+    if kind == "fpn":
+        channels = [c5 // 8, c5 // 4, c5 // 2, c5]
+        body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, channels, fpn_channels)
+        return Backbone(body, ["0", "1", "2", "3"], [4, 8, 16, 32], fpn_channels)
+    if kind == "c4":
+        return Backbone(nn.Sequential(*stem), ["0"], [16], c5 // 2, res5=resnet.layer4)
+    return Backbone(nn.Sequential(*stem, resnet.layer4), ["0"], [32], c5)

@@ -1,0 +1,52 @@
+"""The two-stage detector: torchvision's transform, backbone and RPN around our RoI heads."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from roi_heads import RoIHeads
+
+
+class MaskRCNN(nn.Module):
+    """images: N x Float[3, H_i, W_i] in [0, 1]; targets: N dicts with boxes, labels, masks, iscrowd.
+
+    Training returns the named loss dict; inference returns N dicts with boxes [D, 4], scores [D],
+    labels [D] and masks [D, 1, H_i, W_i] (probabilities pasted at the input image size).
+    """
+
+    def __init__(
+        self,
+        transform: GeneralizedRCNNTransform,
+        backbone: nn.Module,
+        rpn: RegionProposalNetwork,
+        roi_heads: RoIHeads,
+    ) -> None:
+        super().__init__()
+        self.transform, self.backbone, self.rpn, self.roi_heads = transform, backbone, rpn, roi_heads
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.training and targets is None:
+            raise ValueError("MaskRCNN needs targets in training mode")
+        original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, rpn_losses = self.rpn(batch, features, _without_crowd(targets))
+        detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+def _without_crowd(targets: list[dict[str, Tensor]] | None) -> list[dict[str, Tensor]] | None:
+    """The RPN learns objectness from non-crowd boxes only (crowd regions are ignored, as in detectron2)."""
+    if targets is None:
+        return None
+    return [{"boxes": t["boxes"][~t["iscrowd"].bool()]} if "iscrowd" in t else t for t in targets]

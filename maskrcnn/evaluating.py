@@ -1,0 +1,48 @@
+"""evaluate(cfg): COCO metrics of a checkpoint, plus the results files pycocotools scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from maskrcnn.lit import MaskRCNNModule
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Writes metrics.json (with gt_json), bbox_results.json and segm_results.json to the run dir."""
+    ckpt_path = Path(cfg.ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    run_cfg = OmegaConf.create(checkpoint["hyper_parameters"]["cfg"])
+    if cfg.get("data") is not None:
+        run_cfg.data = cfg.data
+    run_cfg.eval = cfg.eval
+    module = MaskRCNNModule(OmegaConf.to_container(run_cfg, resolve=True))
+    module.load_state_dict(checkpoint["state_dict"])
+    datamodule = instantiate(run_cfg.data.module)
+    trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        **module.metrics,
+        "roi": run_cfg.roi.name,
+        "model": run_cfg.model.name,
+        "seed": int(run_cfg.seed),
+        "ckpt_path": str(ckpt_path.resolve()),
+        "gt_json": str(Path(datamodule.val_dataset.annotation_file).resolve()),
+    }
+    if trainer.is_global_zero:
+        for kind in ("bbox", "segm"):
+            (output_dir / f"{kind}_results.json").write_text(json.dumps(module.results[kind]))
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"metrics: {output_dir / 'metrics.json'}  segm/AP={metrics.get('segm/AP', float('nan')):.4f}")
+    return metrics

@@ -1,0 +1,81 @@
+"""RoI feature extraction from one feature map (C4/C5) or an FPN pyramid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from roi_heads.roi_op import RoIOp, boxes_to_rois
+
+
+def level_of_boxes(
+    boxes: Tensor, min_level: int, max_level: int, canonical_scale: float = 224.0, canonical_level: int = 4
+) -> Tensor:
+    """FPN paper, eq. 1: level = floor(k0 + log2(sqrt(wh) / 224)), clamped to the available levels.
+
+    boxes [R, 4] (x1, y1, x2, y2) in image pixels -> Int64[R] pyramid levels.
+    """
+    areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    # eps keeps boxes of exactly canonical size on the canonical level despite float rounding.
+    levels = torch.floor(canonical_level + torch.log2(areas.sqrt() / canonical_scale + 1e-8) + 1e-6)
+    return levels.clamp(min=min_level, max=max_level).to(torch.int64)
+
+
+class RoIExtractor(nn.Module):
+    """Pools a [C, S, S] feature per box with `op`, from the pyramid level the box belongs to.
+
+    Args:
+        op: the RoI operator (align / pool / warp).
+        featmap_names: keys of the backbone's feature dict to pool from, finest first.
+        strides: the stride of each of those maps w.r.t. the input image (powers of two).
+        output_size: S, the side of the pooled feature.
+        canonical_scale, canonical_level: the FPN level mapping's k0 and 224.
+    """
+
+    def __init__(
+        self,
+        op: RoIOp,
+        featmap_names: Sequence[str],
+        strides: Sequence[int],
+        output_size: int,
+        canonical_scale: float = 224.0,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        if len(featmap_names) != len(strides) or not featmap_names:
+            raise ValueError(
+                f"need one stride per feature map, got {list(featmap_names)} and {list(strides)}"
+            )
+        levels = [math.log2(s) for s in strides]
+        if any(lvl != int(lvl) for lvl in levels) or levels != sorted(levels):
+            raise ValueError(f"strides must be increasing powers of two, got {list(strides)}")
+        self.op = op
+        self.featmap_names = list(featmap_names)
+        self.strides = list(strides)
+        self.output_size = output_size
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        self.min_level, self.max_level = int(levels[0]), int(levels[-1])
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
+        """features {name: [N, C, H_l, W_l]}, boxes: N x [L_i, 4] image coords -> [R, C, S, S]."""
+        rois = boxes_to_rois(boxes)
+        maps = [features[name] for name in self.featmap_names]
+        if len(maps) == 1:
+            return self.op(maps[0], rois, self.output_size, 1.0 / self.strides[0])
+
+        levels = level_of_boxes(
+            rois[:, 1:], self.min_level, self.max_level, self.canonical_scale, self.canonical_level
+        )
+        first = maps[0]
+        out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
+        for level_index, (feature, stride) in enumerate(zip(maps, self.strides, strict=True)):
+            idx = torch.nonzero(levels == self.min_level + level_index).squeeze(1)
+            pooled = self.op(feature, rois[idx], self.output_size, 1.0 / stride)
+            out = out.index_copy(0, idx, pooled.to(out.dtype))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"featmaps={self.featmap_names}, strides={self.strides}, output_size={self.output_size}"

@@ -1,0 +1,45 @@
+"""Inference post-processing: scored boxes per class, NMS, top detections, mask probabilities."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+
+
+def detect_boxes(
+    class_logits: Tensor,
+    box_regression: Tensor,
+    proposals: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    box_coder: BoxCoder,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+) -> list[dict[str, Tensor]]:
+    """class_logits [R, K+1], box_regression [R, (K+1)*4] -> N dicts: boxes [D, 4], scores [D], labels [D]."""
+    num_classes = class_logits.shape[1]
+    boxes_all = box_coder.decode(box_regression, proposals).reshape(-1, num_classes, 4)
+    scores_all = class_logits.softmax(-1)
+    results = []
+    counts = [len(p) for p in proposals]
+    for boxes, scores, size in zip(
+        boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True
+    ):
+        boxes = clip_boxes_to_image(boxes, size)[:, 1:].reshape(-1, 4)
+        labels = torch.arange(1, num_classes, device=scores.device).repeat(len(scores))
+        scores = scores[:, 1:].reshape(-1)
+        keep = torch.nonzero(scores > score_thresh).squeeze(1)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return results
+
+
+def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
+    """mask_logits [D, K+1, M, M], labels Int64[D] -> [D, 1, M, M] sigmoid of each detection's class map."""
+    index = torch.arange(len(labels), device=labels.device)
+    return mask_logits[index, labels].sigmoid()[:, None]

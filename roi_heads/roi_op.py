@@ -1,0 +1,85 @@
+"""The switchable RoI operator: one object that the `roi` config group describes."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+import ops
+
+KINDS = ("align", "pool", "warp")
+POOL_MODES = ("avg", "max")
+IMPLS = ("ours", "torchvision")
+
+
+class RoIOp(nn.Module):
+    """Cuts a fixed-size feature map per RoI with RoIAlign, RoIPool or RoIWarp.
+
+    Args:
+        kind: "align", "pool" or "warp".
+        pool_mode: "avg" or "max" aggregation of the bilinear samples (align and warp only).
+        aligned: half-pixel-corrected RoIAlign (align only; False is the paper's original op).
+        sampling_ratio: bilinear samples per bin side; <= 0 means adaptive (align and warp only).
+        impl: "ours" (the `ops` package) or "torchvision" (torchvision.ops, where it has the op), for
+            end-to-end parity checks.
+    """
+
+    def __init__(
+        self,
+        kind: str = "align",
+        pool_mode: str = "avg",
+        aligned: bool = True,
+        sampling_ratio: int = 2,
+        impl: str = "ours",
+    ) -> None:
+        super().__init__()
+        _check_choice("roi.kind", kind, KINDS)
+        _check_choice("roi.pool_mode", pool_mode, POOL_MODES)
+        _check_choice("roi.impl", impl, IMPLS)
+        if impl == "torchvision" and (kind == "warp" or (kind == "align" and pool_mode == "max")):
+            raise ValueError(
+                f"roi.impl=torchvision has no counterpart for kind={kind!r} pool_mode={pool_mode!r}: "
+                "torchvision.ops only has avg RoIAlign and RoIPool. Use roi.impl=ours."
+            )
+        self.kind, self.pool_mode, self.aligned = kind, pool_mode, aligned
+        self.sampling_ratio, self.impl = sampling_ratio, impl
+
+    def forward(self, features: Tensor, rois: Tensor, output_size: int, spatial_scale: float) -> Tensor:
+        """features [N, C, H, W], rois [R, 5] (batch index, x1, y1, x2, y2) -> [R, C, ph, pw]."""
+        size = (output_size, output_size)
+        if self.kind == "pool":
+            pool = torchvision.ops.roi_pool if self.impl == "torchvision" else ops.roi_pool
+            return pool(features, rois, size, spatial_scale)
+        if self.kind == "warp":
+            return ops.roi_warp(features, rois, size, spatial_scale, self.sampling_ratio, self.pool_mode)
+        if self.impl == "torchvision":
+            return torchvision.ops.roi_align(
+                features, rois, size, spatial_scale, self.sampling_ratio, self.aligned
+            )
+        return ops.roi_align(
+            features, rois, size, spatial_scale, self.sampling_ratio, self.aligned, self.pool_mode
+        )
+
+    def extra_repr(self) -> str:
+        extra = (
+            ""
+            if self.kind == "pool"
+            else f", pool_mode={self.pool_mode}, sampling_ratio={self.sampling_ratio}"
+        )
+        if self.kind == "align":
+            extra += f", aligned={self.aligned}"
+        return f"kind={self.kind}{extra}, impl={self.impl}"
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """list of N Tensor[L_i, 4] -> Tensor[R, 5] with the image index in column 0."""
+    if not boxes:
+        raise ValueError("boxes_to_rois needs at least one image's boxes")
+    index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
+    return torch.cat([index, torch.cat(boxes)], dim=1)

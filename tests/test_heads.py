@@ -1,0 +1,131 @@
+"""RoI heads: proposal sampling, mask targets, losses and post-processing."""
+
+import torch
+from torchvision.models.detection._utils import BoxCoder
+
+from roi_heads.losses import box_losses, mask_loss, mask_targets
+from roi_heads.mask_head import MaskConvHead, MaskPredictor
+from roi_heads.postprocess import detect_boxes, mask_probabilities
+from roi_heads.sampling import ProposalSampler
+
+CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+
+
+def _target(boxes, labels, crowd):
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.tensor(labels),
+        "iscrowd": torch.tensor(crowd),
+        "masks": torch.zeros(len(boxes), 64, 64, dtype=torch.uint8),
+    }
+
+
+def test_sampler_labels_positives_negatives_and_ignores_crowd():
+    target = _target([[0, 0, 20, 20], [30, 30, 60, 60]], [3, 5], [0, 1])
+    proposals = torch.tensor(
+        [[1.0, 1, 20, 20], [31, 31, 60, 60], [40, 0, 60, 20], [0, 40, 20, 60]]  # pos, near-crowd, neg, neg
+    )
+    out = ProposalSampler(CODER, batch_size_per_image=100, positive_fraction=0.5)([proposals], [target])
+    boxes, labels = out.boxes[0], out.labels[0]
+    as_rows = {tuple(b.tolist()): int(lab) for b, lab in zip(boxes, labels, strict=True)}
+    assert as_rows[(1.0, 1.0, 20.0, 20.0)] == 3
+    assert as_rows[(0.0, 0.0, 20.0, 20.0)] == 3, "GT boxes join the proposals as positives"
+    assert as_rows[(40.0, 0.0, 60.0, 20.0)] == 0 and as_rows[(0.0, 40.0, 20.0, 60.0)] == 0
+    assert (31.0, 31.0, 60.0, 60.0) not in as_rows, "a proposal on a crowd region is never a negative"
+    assert (30.0, 30.0, 60.0, 60.0) not in as_rows, "a crowd box is never a positive"
+    pos = labels > 0
+    assert out.matched_gt[0][pos].tolist() == [0] * int(pos.sum())
+    decoded = CODER.decode_single(out.regression_targets[0][pos], boxes[pos])
+    torch.testing.assert_close(decoded, target["boxes"][:1].expand_as(decoded), atol=1e-4, rtol=0)
+
+
+def test_sampler_image_without_objects_gives_only_background():
+    target = _target([], [], [])
+    target["boxes"] = target["boxes"].reshape(0, 4)
+    proposals = torch.tensor([[0.0, 0, 10, 10], [5, 5, 30, 30]])
+    out = ProposalSampler(CODER, batch_size_per_image=8)([proposals], [target])
+    assert out.labels[0].tolist() == [0, 0]
+    assert torch.isfinite(out.regression_targets[0]).all()
+
+
+def test_sampler_respects_budget_and_positive_fraction():
+    torch.manual_seed(0)
+    target = _target([[10, 10, 50, 50]], [1], [0])
+    jitter = torch.randn(300, 4) * 2
+    proposals = torch.cat(
+        [torch.tensor([[10.0, 10, 50, 50]]) + jitter[:100], torch.rand(200, 4).sort(dim=1).values * 5 + 55]
+    )
+    proposals = torch.stack(
+        [
+            proposals[:, 0],
+            proposals[:, 1],
+            proposals[:, 0].max(proposals[:, 2]) + 1,
+            proposals[:, 1].max(proposals[:, 3]) + 1,
+        ],
+        1,
+    )
+    out = ProposalSampler(CODER, batch_size_per_image=64, positive_fraction=0.25)([proposals], [target])
+    assert len(out.labels[0]) == 64
+    assert int((out.labels[0] > 0).sum()) == 16
+
+
+def test_mask_targets_crop_and_resample_gt():
+    gt = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    gt[0, 0:16, :] = 1  # top half of the image
+    gt[1, :, 16:] = 1  # right half
+    boxes = torch.tensor([[0.0, 0, 32, 32], [16.0, 0, 32, 32], [0.0, 0, 32, 32]])
+    crops = mask_targets(gt, boxes, torch.tensor([0, 1, 1]), 4)
+    assert crops[0].tolist() == [[1] * 4] * 2 + [[0] * 4] * 2
+    assert crops[1].tolist() == [[1] * 4] * 4, "the RoI lies entirely in the right half"
+    assert crops[2].tolist() == [[0, 0, 1, 1]] * 4
+    assert mask_targets(gt, boxes[:0], torch.zeros(0, dtype=torch.int64), 4).shape == (0, 4, 4)
+
+
+def test_mask_loss_without_positives_keeps_every_mask_parameter_in_the_graph():
+    head, predictor = MaskConvHead(4, [8]), MaskPredictor(8, 8, num_classes=3)
+    logits = predictor(head(torch.randn(0, 4, 7, 7)))
+    loss = mask_loss(logits, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 14, 14))
+    loss.backward()
+    assert loss.item() == 0.0
+    params = list(head.parameters()) + list(predictor.parameters())
+    assert all(p.grad is not None and (p.grad == 0).all() for p in params)
+
+
+def test_mask_loss_uses_the_labelled_class_channel():
+    logits = torch.full((1, 3, 2, 2), -20.0)
+    logits[0, 2] = 20.0  # confident "foreground" only in class 2's map
+    target = torch.ones(1, 2, 2)
+    assert mask_loss(logits, torch.tensor([2]), target).item() < 1e-6
+    assert mask_loss(logits, torch.tensor([1]), target).item() > 10
+
+
+def test_box_losses_match_hand_computation():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    regression = torch.zeros(2, 12)
+    regression[1, 4:8] = torch.tensor([0.5, 0.0, 0.0, 0.0])
+    labels = torch.tensor([0, 1])
+    targets = torch.zeros(2, 4)
+    losses = box_losses(logits, regression, labels, targets)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(losses["loss_classifier"], ce)
+    smooth_l1 = 0.5 - 0.5 / 9  # |x| - beta/2 for |x| >= beta
+    torch.testing.assert_close(losses["loss_box_reg"], torch.tensor(smooth_l1 / 2))
+
+
+def test_detect_boxes_thresholds_nms_and_caps():
+    proposals = [torch.tensor([[10.0, 10, 50, 50], [11, 11, 51, 51], [60, 60, 90, 90]])]
+    logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 5.0]])
+    dets = detect_boxes(logits, torch.zeros(3, 12), proposals, [(100, 100)], CODER, 0.5, 0.5, 100)[0]
+    assert dets["labels"].tolist() == [1, 2] or sorted(dets["labels"].tolist()) == [1, 2]
+    assert len(dets["boxes"]) == 2, "the overlapping same-class box is suppressed"
+    capped = detect_boxes(logits, torch.zeros(3, 12), proposals, [(100, 100)], CODER, 0.5, 0.5, 1)[0]
+    assert len(capped["boxes"]) == 1 and capped["scores"][0] == dets["scores"].max()
+
+
+def test_mask_probabilities_pick_each_detections_class():
+    logits = torch.zeros(2, 3, 2, 2)
+    logits[0, 1] = 10.0
+    logits[1, 2] = -10.0
+    probs = mask_probabilities(logits, torch.tensor([1, 2]))
+    assert probs.shape == (2, 1, 2, 2)
+    assert (probs[0] > 0.99).all() and (probs[1] < 0.01).all()
