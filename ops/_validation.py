@@ -1,0 +1,114 @@
+"""Argument checking and box conversion for the public RoI ops (clear Python errors, never a crash)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+POOL_MODES = ("avg", "max")
+
+
+def pair(output_size, name: str = "output_size") -> tuple[int, int]:
+    """``int`` or ``(h, w)`` -> ``(h, w)`` of positive ints."""
+    if isinstance(output_size, (int, torch.SymInt)) and not isinstance(output_size, bool):
+        size = (output_size, output_size)
+    elif isinstance(output_size, Sequence) and not isinstance(output_size, str) and len(output_size) == 2:
+        size = tuple(output_size)
+    else:
+        raise ValueError(f"{name} must be an int or a pair (h, w) of ints, got {output_size!r}")
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)):
+            raise ValueError(f"{name} must contain ints, got {output_size!r}")
+        if not torch.compiler.is_compiling() and s <= 0:
+            raise ValueError(f"{name} must be positive, got {output_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def check_pool_mode(pool_mode) -> bool:
+    """Returns True for "max"."""
+    if pool_mode not in POOL_MODES:
+        raise ValueError(f"pool_mode must be one of {POOL_MODES}, got {pool_mode!r}")
+    return pool_mode == "max"
+
+
+def check_scalars(spatial_scale, sampling_ratio=None) -> tuple[float, int | None]:
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float)):
+        raise ValueError(f"spatial_scale must be a number, got {spatial_scale!r}")
+    if not math.isfinite(spatial_scale) or spatial_scale <= 0:
+        raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
+    if sampling_ratio is not None and (
+        isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int)
+    ):
+        raise ValueError(f"sampling_ratio must be an int (<= 0 means adaptive), got {sampling_ratio!r}")
+    return float(spatial_scale), (None if sampling_ratio is None else int(sampling_ratio))
+
+
+def to_rois(input: Tensor, boxes, op: str) -> Tensor:
+    """Checks ``input`` and converts ``boxes`` (Tensor[K, 5] or list of Tensor[L, 4]) to rois [K, 5]."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"{op}: input must be a floating point tensor, got {input.dtype}")
+
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(
+                f"{op}: boxes must be a Tensor[K, 5] (batch_idx, x1, y1, x2, y2) or a list of Tensor[L, 4], "
+                f"got a tensor of shape {tuple(boxes.shape)}"
+            )
+        _check_box_tensor(input, boxes, op, "boxes")
+        rois = boxes
+    elif isinstance(boxes, (list, tuple)):
+        if len(boxes) == 0:
+            raise ValueError(f"{op}: boxes is an empty list; pass one Tensor[L, 4] per image")
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {shape}")
+            _check_box_tensor(input, b, op, f"boxes[{i}]")
+        idx = torch.cat(
+            [torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
+        )
+        rois = torch.cat([idx, torch.cat(list(boxes))], dim=1)
+    else:
+        raise TypeError(
+            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
+        )
+
+    if not torch.compiler.is_compiling():
+        _check_values(rois, input.shape[0], op)
+    return rois
+
+
+def _check_box_tensor(input: Tensor, b: Tensor, op: str, name: str) -> None:
+    if b.device != input.device:
+        raise ValueError(f"{op}: device mismatch: {name} is on {b.device} but input is on {input.device}")
+    if b.dtype != input.dtype:
+        raise TypeError(
+            f"{op}: {name} has dtype {b.dtype} but input has dtype {input.dtype}; "
+            "convert with .to(input.dtype)"
+        )
+
+
+def _check_values(rois: Tensor, batch_size: int, op: str) -> None:
+    """Data-dependent checks (skipped while compiling): finite coordinates, valid integer batch indices."""
+    if rois.shape[0] == 0:
+        return
+    r = rois.detach()
+    bad = ~torch.isfinite(r).all(dim=1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{op}: RoI row {row} has a non-finite value: {r[row].tolist()}")
+    b = r[:, 0]
+    bad = (b != torch.round(b)) | (b < 0) | (b >= batch_size)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{op}: RoI row {row} has batch index {r[row, 0].item()!r}; "
+            f"it must be an integer in [0, {batch_size})"
+        )

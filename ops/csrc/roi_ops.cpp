@@ -1,0 +1,547 @@
+// roi_ops: schemas (TORCH_LIBRARY) and CPU kernels for RoIAlign, RoIWarp and RoIPool.
+//
+// The CUDA kernels live in cuda/roi_ops_cuda.cu and register themselves with
+// TORCH_LIBRARY_IMPL(roi_ops, CUDA, m); a CPU-only build simply leaves that file out.
+//
+// Shapes: input [N, C, H, W], rois [K, 5] = (batch_idx, x1, y1, x2, y2), output [K, C, ph, pw].
+//
+// CPU strategy
+//   forward : parallel over RoIs. The sampling table of a RoI (separable per-axis bilinear neighbours and
+//             weights, only for the samples inside the map) is built once and shared by all channels.
+//   backward: all tables are built first (parallel over RoIs); then parallel over the (n, c) planes of
+//             grad_input. Each thread owns its planes and visits the RoIs of image n in ascending order,
+//             so there are no atomics and the result is bitwise deterministic (independent of the number
+//             of threads), with the same summation order per element as a sequential loop over RoIs.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "roi_geometry.h"
+
+namespace roi_ops {
+namespace {
+
+using at::Tensor;
+using namespace roi_geometry;
+
+enum class Kind { Align, Warp };
+
+struct SampleParams {
+  Kind kind;
+  double spatial_scale;
+  int64_t pooled_h, pooled_w, sampling_ratio;
+  bool aligned;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Sampling tables
+template <typename T>
+struct AxisTable {
+  AxisGeom<T> geom;
+  std::vector<int> first, last, offset;  // per bin: valid sample range [first, last) and table offset
+  std::vector<AxisSample<T>> samples;    // valid samples, bin-major
+
+  void build(const AxisGeom<T>& g, int64_t pooled, int64_t size) {
+    geom = g;
+    first.resize(pooled);
+    last.resize(pooled);
+    offset.resize(pooled);
+    samples.clear();
+    for (int64_t b = 0; b < pooled; ++b) {
+      int f, l;
+      valid_range<T>(g, b, size, &f, &l);
+      first[b] = f;
+      last[b] = l;
+      offset[b] = static_cast<int>(samples.size());
+      for (int i = f; i < l; ++i) samples.push_back(axis_sample<T>(sample_pos<T>(g, b, i), size));
+    }
+  }
+  int count(int64_t b) const { return last[b] - first[b]; }
+  const AxisSample<T>* bin(int64_t b) const { return samples.data() + offset[b]; }
+};
+
+template <typename T>
+struct RoiTable {
+  int64_t n = 0;
+  AxisTable<T> y, x;
+  T count = T(1);  // max(grid_h * grid_w, 1)
+
+  void build(const T* roi, const SampleParams& sp, int64_t H, int64_t W) {
+    n = static_cast<int64_t>(roi[0]);
+    const T s = static_cast<T>(sp.spatial_scale);
+    AxisGeom<T> gy, gx;
+    if (sp.kind == Kind::Align) {
+      gy = align_axis<T>(roi[2], roi[4], s, sp.aligned, sp.pooled_h, sp.sampling_ratio);
+      gx = align_axis<T>(roi[1], roi[3], s, sp.aligned, sp.pooled_w, sp.sampling_ratio);
+    } else {
+      gy = warp_axis<T>(roi[2], roi[4], s, sp.pooled_h, sp.sampling_ratio);
+      gx = warp_axis<T>(roi[1], roi[3], s, sp.pooled_w, sp.sampling_ratio);
+    }
+    y.build(gy, sp.pooled_h, H);
+    x.build(gx, sp.pooled_w, W);
+    const int64_t c = static_cast<int64_t>(gy.grid) * gx.grid;
+    count = static_cast<T>(c > 1 ? c : 1);
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// Argument checks (shared by CPU entry points; they keep a direct torch.ops call from crashing).
+void check_input_rois(const Tensor& input, const Tensor& rois, int64_t ph, int64_t pw, const char* op) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W], got ", input.sizes());
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
+  TORCH_CHECK(input.scalar_type() == rois.scalar_type(), op, ": input (", input.scalar_type(),
+              ") and rois (", rois.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(input.device() == rois.device(), op, ": input and rois must be on the same device");
+  TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
+}
+
+void check_grad(const Tensor& grad, const Tensor& rois, int64_t ph, int64_t pw, int64_t N, int64_t C,
+                int64_t H, int64_t W, const char* op) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
+  TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
+  TORCH_CHECK(N >= 0 && C >= 0 && H >= 0 && W >= 0, op, ": negative input size");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == C && grad.size(2) == ph &&
+                  grad.size(3) == pw,
+              op, ": grad must be [K, C, ph, pw] = [", rois.size(0), ", ", C, ", ", ph, ", ", pw, "], got ",
+              grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == rois.scalar_type(), op, ": grad and rois must have the same dtype");
+  TORCH_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
+}
+
+void check_argmax(const Tensor& argmax, const Tensor& grad, const char* op) {
+  TORCH_CHECK(argmax.scalar_type() == at::kInt, op, ": argmax must be int32");
+  TORCH_CHECK(argmax.sizes() == grad.sizes(), op, ": argmax must have the shape of grad ", grad.sizes(),
+              ", got ", argmax.sizes());
+}
+
+// rois as a contiguous tensor of the accumulation type; also validates the batch indices.
+Tensor rois_as(const Tensor& rois, at::ScalarType acc, int64_t N, const char* op) {
+  Tensor r = rois.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "roi_ops_check_rois", [&] {
+    const scalar_t* p = r.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < r.size(0); ++k) {
+      const scalar_t b = p[k * 5];
+      TORCH_CHECK(b >= 0 && b < static_cast<scalar_t>(N), op, ": batch index ", b, " of RoI row ", k,
+                  " is outside [0, ", N, ")");
+    }
+  });
+  return r;
+}
+
+// Bucket RoI indices by image, keeping ascending order.
+template <typename T>
+std::vector<std::vector<int64_t>> rois_by_image(const T* rois, int64_t K, int64_t N) {
+  std::vector<std::vector<int64_t>> by(N);
+  for (int64_t k = 0; k < K; ++k) by[static_cast<int64_t>(rois[k * 5])].push_back(k);
+  return by;
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoIAlign / RoIWarp forward
+template <typename scalar_t, typename T>
+inline void avg_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int64_t ph, int64_t pw,
+                     scalar_t* out) {
+  for (int64_t p = 0; p < ph; ++p) {
+    const int ny = t.y.count(p);
+    const AxisSample<T>* ys = t.y.bin(p);
+    for (int64_t q = 0; q < pw; ++q) {
+      const int nx = t.x.count(q);
+      const AxisSample<T>* xs = t.x.bin(q);
+      // Separable: interpolate along x on the two rows of each y-sample, then along y.
+      T sum = T(0);
+      for (int a = 0; a < ny; ++a) {
+        const AxisSample<T> sy = ys[a];
+        const scalar_t* rl = plane + sy.lo * W;
+        const scalar_t* rh = plane + sy.hi * W;
+        T lo = T(0), hi = T(0);
+        for (int b = 0; b < nx; ++b) {
+          const AxisSample<T> sx = xs[b];
+          lo += sx.wlo * static_cast<T>(rl[sx.lo]) + sx.whi * static_cast<T>(rl[sx.hi]);
+          hi += sx.wlo * static_cast<T>(rh[sx.lo]) + sx.whi * static_cast<T>(rh[sx.hi]);
+        }
+        sum += sy.wlo * lo + sy.whi * hi;
+      }
+      out[p * pw + q] = static_cast<scalar_t>(sum / t.count);
+    }
+  }
+}
+
+template <typename scalar_t, typename T>
+inline void max_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int64_t ph, int64_t pw,
+                     scalar_t* out, int32_t* arg) {
+  const int gh = t.y.geom.grid, gw = t.x.geom.grid;
+  for (int64_t p = 0; p < ph; ++p) {
+    const int ny = t.y.count(p), y0 = t.y.first[p];
+    const AxisSample<T>* ys = t.y.bin(p);
+    for (int64_t q = 0; q < pw; ++q) {
+      const int nx = t.x.count(q), x0 = t.x.first[q];
+      const AxisSample<T>* xs = t.x.bin(q);
+      T best = T(0);
+      int bi = -1;
+      for (int a = 0; a < ny; ++a) {
+        const AxisSample<T> sy = ys[a];
+        const scalar_t* rl = plane + sy.lo * W;
+        const scalar_t* rh = plane + sy.hi * W;
+        for (int b = 0; b < nx; ++b) {
+          const AxisSample<T> sx = xs[b];
+          const T v = sy.wlo * sx.wlo * static_cast<T>(rl[sx.lo]) + sy.wlo * sx.whi * static_cast<T>(rl[sx.hi]) +
+                      sy.whi * sx.wlo * static_cast<T>(rh[sx.lo]) + sy.whi * sx.whi * static_cast<T>(rh[sx.hi]);
+          if (bi < 0 || v > best) {
+            best = v;
+            bi = (y0 + a) * gw + (x0 + b);
+          }
+        }
+      }
+      // Samples outside the map have value 0 and compete too; in raster order the first maximum wins.
+      const int fi = first_invalid(gh, gw, y0, y0 + ny, x0, x0 + nx);
+      if (fi >= 0 && (bi < 0 || T(0) > best || (T(0) == best && fi < bi))) {
+        best = T(0);
+        bi = fi;
+      }
+      out[p * pw + q] = static_cast<scalar_t>(bi < 0 ? T(0) : best);
+      arg[p * pw + q] = bi;
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor> sampled_forward(const Tensor& input_, const Tensor& rois_, const SampleParams& sp,
+                                           bool max_mode, const char* op) {
+  check_input_rois(input_, rois_, sp.pooled_h, sp.pooled_w, op);
+  TORCH_CHECK(input_.device().is_cpu(), op, ": expected CPU tensors");
+  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
+  const int64_t K = rois_.size(0), ph = sp.pooled_h, pw = sp.pooled_w;
+  Tensor output = at::empty({K, C, ph, pw}, input_.options());  // every element is written below
+  Tensor argmax = max_mode ? at::empty({K, C, ph, pw}, input_.options().dtype(at::kInt))
+                           : at::empty({0}, input_.options().dtype(at::kInt));
+  if (K == 0 || C == 0) return {output, argmax};
+  const Tensor input = input_.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_ops_sampled_forward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
+    const T* r = rois.data_ptr<T>();
+    const scalar_t* in = input.data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
+    // Tables for all RoIs first, then plane-major: each (n, c) plane stays in cache while all RoIs of
+    // image n read from it.
+    std::vector<RoiTable<T>> tables(K);
+    at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) tables[k].build(r + k * 5, sp, H, W);
+    });
+    const auto by_image = rois_by_image<T>(r, K, N);
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        const scalar_t* plane = in + nc * H * W;
+        for (const int64_t k : by_image[n]) {
+          const int64_t o = (k * C + c) * ph * pw;
+          if (max_mode) {
+            max_bins<scalar_t, T>(tables[k], plane, W, ph, pw, out + o, am + o);
+          } else {
+            avg_bins<scalar_t, T>(tables[k], plane, W, ph, pw, out + o);
+          }
+        }
+      }
+    });
+  });
+  return {output, argmax};
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoIAlign / RoIWarp backward
+Tensor sampled_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const SampleParams& sp,
+                        int64_t N, int64_t C, int64_t H, int64_t W, bool max_mode, const char* op) {
+  check_grad(grad_, rois_, sp.pooled_h, sp.pooled_w, N, C, H, W, op);
+  TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
+  if (max_mode) check_argmax(argmax_, grad_, op);
+  const int64_t K = rois_.size(0), ph = sp.pooled_h, pw = sp.pooled_w;
+  Tensor grad_input = at::empty({N, C, H, W}, grad_.options());
+  if (N * C * H * W == 0) return grad_input;
+  if (K == 0) return grad_input.zero_();
+  const Tensor grad = grad_.contiguous();
+  const Tensor argmax = max_mode ? argmax_.contiguous() : argmax_;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_ops_sampled_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    constexpr bool direct = std::is_same<T, scalar_t>::value;
+    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
+    const T* r = rois.data_ptr<T>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
+    Tensor acc = direct ? grad_input : at::empty({N, C, H, W}, grad.options().dtype(rois.scalar_type()));
+    T* gi_all = acc.data_ptr<T>();
+
+    std::vector<RoiTable<T>> tables(K);
+    at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) tables[k].build(r + k * 5, sp, H, W);
+    });
+    const auto by_image = rois_by_image<T>(r, K, N);
+    std::atomic<bool> bad_argmax{false};
+
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        T* gi = gi_all + nc * H * W;
+        std::fill(gi, gi + H * W, T(0));
+        for (const int64_t k : by_image[n]) {
+          const RoiTable<T>& t = tables[k];
+          const scalar_t* gk = g + (k * C + c) * ph * pw;
+          if (!max_mode) {
+            for (int64_t p = 0; p < ph; ++p) {
+              const int ny = t.y.count(p);
+              const AxisSample<T>* ys = t.y.bin(p);
+              for (int64_t q = 0; q < pw; ++q) {
+                const T gv = static_cast<T>(gk[p * pw + q]);
+                if (gv == T(0)) continue;
+                const int nx = t.x.count(q);
+                const AxisSample<T>* xs = t.x.bin(q);
+                for (int a = 0; a < ny; ++a) {
+                  const AxisSample<T> sy = ys[a];
+                  T* rl = gi + sy.lo * W;
+                  T* rh = gi + sy.hi * W;
+                  for (int bb = 0; bb < nx; ++bb) {
+                    const AxisSample<T> sx = xs[bb];
+                    rl[sx.lo] += gv * (sy.wlo * sx.wlo) / t.count;
+                    rl[sx.hi] += gv * (sy.wlo * sx.whi) / t.count;
+                    rh[sx.lo] += gv * (sy.whi * sx.wlo) / t.count;
+                    rh[sx.hi] += gv * (sy.whi * sx.whi) / t.count;
+                  }
+                }
+              }
+            }
+          } else {
+            const int32_t* ak = am + (k * C + c) * ph * pw;
+            const int gh = t.y.geom.grid, gw = t.x.geom.grid;
+            for (int64_t p = 0; p < ph; ++p) {
+              for (int64_t q = 0; q < pw; ++q) {
+                const int32_t idx = ak[p * pw + q];
+                if (idx < 0) continue;
+                if (gw <= 0 || idx >= static_cast<int64_t>(gh) * gw) {
+                  bad_argmax = true;
+                  continue;
+                }
+                const T gv = static_cast<T>(gk[p * pw + q]);
+                const int iy = idx / gw - t.y.first[p], ix = idx % gw - t.x.first[q];
+                if (iy < 0 || iy >= t.y.count(p) || ix < 0 || ix >= t.x.count(q)) continue;  // outside map
+                const AxisSample<T> sy = t.y.bin(p)[iy];
+                const AxisSample<T> sx = t.x.bin(q)[ix];
+                T* rl = gi + sy.lo * W;
+                T* rh = gi + sy.hi * W;
+                rl[sx.lo] += gv * (sy.wlo * sx.wlo);
+                rl[sx.hi] += gv * (sy.wlo * sx.whi);
+                rh[sx.lo] += gv * (sy.whi * sx.wlo);
+                rh[sx.hi] += gv * (sy.whi * sx.whi);
+              }
+            }
+          }
+        }
+      }
+    });
+    TORCH_CHECK(!bad_argmax.load(), op, ": argmax holds an index outside the sampling grid");
+    if (!direct) grad_input.copy_(acc);
+  });
+  return grad_input;
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoIPool
+// Integer bins of every RoI: rows [hs, he) of bin p of RoI k at [k * ph + p], columns likewise.
+struct PoolBins {
+  std::vector<int64_t> hs, he, ws, we;
+
+  template <typename T>
+  void build(const T* rois, int64_t K, double scale, int64_t ph, int64_t pw, int64_t H, int64_t W) {
+    hs.resize(K * ph);
+    he.resize(K * ph);
+    ws.resize(K * pw);
+    we.resize(K * pw);
+    const T s = static_cast<T>(scale);
+    for (int64_t k = 0; k < K; ++k) {
+      const T* roi = rois + k * 5;
+      const PoolAxis ay = pool_axis<T>(roi[2], roi[4], s);
+      const PoolAxis ax = pool_axis<T>(roi[1], roi[3], s);
+      for (int64_t p = 0; p < ph; ++p) pool_bin<T>(ay, ph, p, H, &hs[k * ph + p], &he[k * ph + p]);
+      for (int64_t q = 0; q < pw; ++q) pool_bin<T>(ax, pw, q, W, &ws[k * pw + q], &we[k * pw + q]);
+    }
+  }
+};
+
+std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input_, const Tensor& rois_, double spatial_scale,
+                                                int64_t ph, int64_t pw) {
+  const char* op = "roi_pool_forward";
+  check_input_rois(input_, rois_, ph, pw, op);
+  TORCH_CHECK(input_.device().is_cpu(), op, ": expected CPU tensors");
+  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
+  const int64_t K = rois_.size(0);
+  Tensor output = at::empty({K, C, ph, pw}, input_.options());  // every element is written below
+  Tensor argmax = at::empty({K, C, ph, pw}, input_.options().dtype(at::kInt));
+  if (K == 0 || C == 0) return {output, argmax};
+  const Tensor input = input_.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_ops_pool_forward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
+    const T* r = rois.data_ptr<T>();
+    const scalar_t* in = input.data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    int32_t* am = argmax.data_ptr<int32_t>();
+    PoolBins bins;
+    bins.build<T>(r, K, spatial_scale, ph, pw, H, W);
+    const auto by_image = rois_by_image<T>(r, K, N);
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        const scalar_t* plane = in + nc * H * W;
+        for (const int64_t k : by_image[n]) {
+          scalar_t* o = out + (k * C + c) * ph * pw;
+          int32_t* a = am + (k * C + c) * ph * pw;
+          const int64_t* hs = bins.hs.data() + k * ph;
+          const int64_t* he = bins.he.data() + k * ph;
+          const int64_t* ws = bins.ws.data() + k * pw;
+          const int64_t* we = bins.we.data() + k * pw;
+          for (int64_t p = 0; p < ph; ++p) {
+            for (int64_t q = 0; q < pw; ++q) {
+              const bool empty = he[p] <= hs[p] || we[q] <= ws[q];
+              T best = empty ? T(0) : T(-FLT_MAX);
+              int64_t bi = -1;
+              for (int64_t h = hs[p]; h < he[p]; ++h) {
+                const scalar_t* row = plane + h * W;
+                for (int64_t w = ws[q]; w < we[q]; ++w) {
+                  const T v = static_cast<T>(row[w]);
+                  if (v > best) {
+                    best = v;
+                    bi = h * W + w;
+                  }
+                }
+              }
+              o[p * pw + q] = static_cast<scalar_t>(best);
+              a[p * pw + q] = static_cast<int32_t>(bi);
+            }
+          }
+        }
+      }
+    });
+  });
+  return {output, argmax};
+}
+
+Tensor roi_pool_backward_cpu(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, double spatial_scale,
+                             int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W) {
+  (void)spatial_scale;
+  const char* op = "roi_pool_backward";
+  check_grad(grad_, rois_, ph, pw, N, C, H, W, op);
+  check_argmax(argmax_, grad_, op);
+  TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
+  const int64_t K = rois_.size(0);
+  Tensor grad_input = at::empty({N, C, H, W}, grad_.options());
+  if (N * C * H * W == 0) return grad_input;
+  if (K == 0) return grad_input.zero_();
+  const Tensor grad = grad_.contiguous();
+  const Tensor argmax = argmax_.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_ops_pool_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    constexpr bool direct = std::is_same<T, scalar_t>::value;
+    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
+    const auto by_image = rois_by_image<T>(rois.data_ptr<T>(), K, N);
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const int32_t* am = argmax.data_ptr<int32_t>();
+    Tensor acc = direct ? grad_input : at::empty({N, C, H, W}, grad.options().dtype(rois.scalar_type()));
+    T* gi_all = acc.data_ptr<T>();
+    const int64_t HW = H * W, PP = ph * pw;
+    std::atomic<bool> bad_argmax{false};
+    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        T* gi = gi_all + nc * HW;
+        std::fill(gi, gi + HW, T(0));
+        for (const int64_t k : by_image[n]) {
+          const scalar_t* gk = g + (k * C + c) * PP;
+          const int32_t* ak = am + (k * C + c) * PP;
+          for (int64_t i = 0; i < PP; ++i) {
+            const int32_t idx = ak[i];
+            if (idx < 0) continue;
+            if (idx >= HW) {
+              bad_argmax = true;
+              continue;
+            }
+            gi[idx] += static_cast<T>(gk[i]);
+          }
+        }
+      }
+    });
+    TORCH_CHECK(!bad_argmax.load(), op, ": argmax holds an index outside the input plane");
+    if (!direct) grad_input.copy_(acc);
+  });
+  return grad_input;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Entry points
+std::tuple<Tensor, Tensor> roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
+                                                 bool max_mode) {
+  const SampleParams sp{Kind::Align, spatial_scale, ph, pw, sampling_ratio, aligned};
+  return sampled_forward(input, rois, sp, max_mode, "roi_align_forward");
+}
+
+Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
+                              int64_t sampling_ratio, bool aligned, bool max_mode) {
+  const SampleParams sp{Kind::Align, spatial_scale, ph, pw, sampling_ratio, aligned};
+  return sampled_backward(grad, rois, argmax, sp, N, C, H, W, max_mode, "roi_align_backward");
+}
+
+std::tuple<Tensor, Tensor> roi_warp_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                int64_t ph, int64_t pw, int64_t sampling_ratio, bool max_mode) {
+  const SampleParams sp{Kind::Warp, spatial_scale, ph, pw, sampling_ratio, true};
+  return sampled_forward(input, rois, sp, max_mode, "roi_warp_forward");
+}
+
+Tensor roi_warp_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                             int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
+                             int64_t sampling_ratio, bool max_mode) {
+  const SampleParams sp{Kind::Warp, spatial_scale, ph, pw, sampling_ratio, true};
+  return sampled_backward(grad, rois, argmax, sp, N, C, H, W, max_mode, "roi_warp_backward");
+}
+
+}  // namespace
+}  // namespace roi_ops
+
+TORCH_LIBRARY(roi_ops, m) {
+  m.def(
+      "roi_align_forward(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, int sampling_ratio, bool aligned, bool max_mode) -> (Tensor, Tensor)");
+  m.def(
+      "roi_align_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+      "int sampling_ratio, bool aligned, bool max_mode) -> Tensor");
+  m.def(
+      "roi_warp_forward(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, int sampling_ratio, bool max_mode) -> (Tensor, Tensor)");
+  m.def(
+      "roi_warp_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+      "int sampling_ratio, bool max_mode) -> Tensor");
+  m.def(
+      "roi_pool_forward(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width) -> (Tensor, Tensor)");
+  m.def(
+      "roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(roi_ops, CPU, m) {
+  m.impl("roi_align_forward", &roi_ops::roi_align_forward_cpu);
+  m.impl("roi_align_backward", &roi_ops::roi_align_backward_cpu);
+  m.impl("roi_warp_forward", &roi_ops::roi_warp_forward_cpu);
+  m.impl("roi_warp_backward", &roi_ops::roi_warp_backward_cpu);
+  m.impl("roi_pool_forward", &roi_ops::roi_pool_forward_cpu);
+  m.impl("roi_pool_backward", &roi_ops::roi_pool_backward_cpu);
+}

@@ -1,0 +1,130 @@
+"""Functional RoI ops: ``roi_align``, ``roi_pool``, ``roi_warp``.
+
+Shapes: N images, C channels, H x W feature map, K RoIs, output ph x pw.
+
+* ``input``: Tensor[N, C, H, W] (any memory layout; float64/float32/float16/bfloat16).
+* ``boxes``: Tensor[K, 5] rows ``(batch_idx, x1, y1, x2, y2)``, or a list of N Tensor[L_i, 4] rows
+  ``(x1, y1, x2, y2)`` (one per image), exactly as ``torchvision.ops`` takes them, in input-image coordinates
+  and in the input's dtype and device.
+* returns Tensor[K, C, ph, pw] in the input's dtype; differentiable w.r.t. ``input``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _registration  # noqa: F401  (loads the extension, registers fake kernels + autograd)
+from ._validation import check_pool_mode, check_scalars, pair, to_rois
+
+__all__ = ["roi_align", "roi_pool", "roi_warp"]
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    pool_mode: str = "avg",
+) -> Tensor:
+    """RoIAlign (Mask R-CNN). With ``pool_mode="avg"`` it equals ``torchvision.ops.roi_align``.
+
+    Box corners are mapped with ``c * spatial_scale - (0.5 if aligned else 0)`` (never rounded); without
+    ``aligned`` the RoI size is clamped to >= 1. Each of the ph x pw bins is sampled on a regular
+    ``grid_h x grid_w`` grid (``sampling_ratio`` if > 0, else ``ceil(roi_size / pooled_size)``) with bilinear
+    interpolation; a sample outside ``[-1, H] x [-1, W]`` has value 0.
+
+    ``pool_mode="avg"`` averages the samples (dividing by ``max(grid_h * grid_w, 1)``); ``"max"`` takes their
+    maximum (outside samples compete with value 0; the first maximum in raster order wins) and sends the
+    gradient to the four bilinear neighbours of the winning sample.
+
+    Args:
+        input: Tensor[N, C, H, W].
+        boxes: Tensor[K, 5] or list of Tensor[L, 4] (see module docstring).
+        output_size: ``ph`` or ``(ph, pw)``.
+        spatial_scale: feature-map size / image size (e.g. 1/16).
+        sampling_ratio: samples per bin per axis; <= 0 for adaptive.
+        aligned: shift the box by -0.5 pixel (pixel-centre alignment).
+        pool_mode: ``"avg"`` or ``"max"``.
+
+    Returns:
+        Tensor[K, C, ph, pw].
+    """
+    max_mode = check_pool_mode(pool_mode)
+    ph, pw = pair(output_size)
+    scale, sr = check_scalars(spatial_scale, sampling_ratio)
+    rois = to_rois(input, boxes, "roi_align")
+    out, _ = torch.ops.roi_ops.roi_align_forward(input, rois, scale, ph, pw, sr, bool(aligned), max_mode)
+    return out
+
+
+def roi_pool(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoIPool (Fast R-CNN); equals ``torchvision.ops.roi_pool``.
+
+    Box corners are quantized with C ``round()`` (half away from zero) of ``c * spatial_scale``; the RoI is
+    ``max(x2q - x1q + 1, 1)`` cells wide (same for the height). Bin ``i`` covers cells
+    ``[floor(i * size / p), ceil((i + 1) * size / p))`` (offset by the RoI start, clipped to the map) and
+    outputs their maximum; an empty bin outputs 0. The gradient goes to the (first) maximal cell.
+
+    Args:
+        input: Tensor[N, C, H, W].
+        boxes: Tensor[K, 5] or list of Tensor[L, 4].
+        output_size: ``ph`` or ``(ph, pw)``.
+        spatial_scale: feature-map size / image size.
+
+    Returns:
+        Tensor[K, C, ph, pw].
+    """
+    ph, pw = pair(output_size)
+    scale, _ = check_scalars(spatial_scale)
+    rois = to_rois(input, boxes, "roi_pool")
+    out, _ = torch.ops.roi_ops.roi_pool_forward(input, rois, scale, ph, pw)
+    return out
+
+
+def roi_warp(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    pool_mode: str = "max",
+) -> Tensor:
+    """RoIWarp (the Mask R-CNN paper's ablation): RoIPool's quantization + RoIAlign's bilinear sampling.
+
+    Exact definition. The RoI is quantized exactly as RoIPool does::
+
+        x1q = round(x1 * spatial_scale), x2q = round(x2 * spatial_scale)   # C round(), half away from zero
+        width = max(x2q - x1q + 1, 1)                                       # same for y / height
+
+    and the quantized cells are treated as the continuous interval ``[x1q - 0.5, x1q - 0.5 + width]`` in
+    pixel-centre coordinates, sampled with bilinear interpolation on a regular grid, i.e. the result is
+    exactly ``roi_align(input, [x1q, y1q, x1q + width, y1q + height], output_size, spatial_scale=1,
+    sampling_ratio, aligned=True, pool_mode)``. Samples per bin per axis:
+    ``sampling_ratio`` if > 0, else ``ceil(width / pw)`` (``ceil(height / ph)``). Samples are aggregated by
+    max (default) or avg, with the same rules as :func:`roi_align`.
+
+    Args:
+        input: Tensor[N, C, H, W].
+        boxes: Tensor[K, 5] or list of Tensor[L, 4].
+        output_size: ``ph`` or ``(ph, pw)``.
+        spatial_scale: feature-map size / image size.
+        sampling_ratio: samples per bin per axis; <= 0 for adaptive.
+        pool_mode: ``"max"`` or ``"avg"``.
+
+    Returns:
+        Tensor[K, C, ph, pw].
+    """
+    max_mode = check_pool_mode(pool_mode)
+    ph, pw = pair(output_size)
+    scale, sr = check_scalars(spatial_scale, sampling_ratio)
+    rois = to_rois(input, boxes, "roi_warp")
+    out, _ = torch.ops.roi_ops.roi_warp_forward(input, rois, scale, ph, pw, sr, max_mode)
+    return out

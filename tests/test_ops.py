@@ -1,0 +1,445 @@
+"""Tests of ``ops`` (CPU kernels) against torchvision.ops and the float64 reference in ``ops.reference``.
+
+Shapes: N images, C channels, H x W map, K RoIs, output ph x pw.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torchvision
+
+import ops
+from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def make_rois(K, N, H, W, dtype, seed, inverted=True):
+    """Random boxes in input-image coordinates (scale up to 2x the map): normal, partly/fully outside, tiny,
+    and (optionally) inverted."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(K, 2, generator=g, dtype=torch.float64) * torch.tensor([2 * W + 8, 2 * H + 8]) - 6
+    wh = torch.rand(K, 2, generator=g, dtype=torch.float64) * torch.tensor([W, H]) * 1.5
+    kind = torch.arange(K) % 5
+    wh[kind == 1] = torch.rand(int((kind == 1).sum()), 2, generator=g, dtype=torch.float64) * 0.3  # tiny
+    if inverted:
+        wh[kind == 2] = -wh[kind == 2] * 0.5  # inverted
+    xy[kind == 3] = xy[kind == 3] - 3 * max(H, W)  # fully outside
+    boxes = torch.cat([xy, xy + wh], 1)
+    batch = torch.randint(0, N, (K, 1), generator=g).double()
+    return torch.cat([batch, boxes], 1).to(dtype)
+
+
+def run(fn, x, *args, grad_seed=0, **kwargs):
+    """Output and input gradient for a fixed random output gradient."""
+    x = x.detach().clone().requires_grad_()
+    out = fn(x, *args, **kwargs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    if not out.requires_grad:  # e.g. the reference on boxes that are entirely outside the map
+        return out, torch.zeros_like(x)
+    out.backward(g.to(out.dtype))
+    return out.detach(), x.grad
+
+
+def assert_close(a, b, tol):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against torchvision
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_roi_align_matches_torchvision(dtype, aligned):
+    x = torch.randn(2, 3, 9, 11, dtype=dtype)
+    for sr, scale, size in itertools.product([-1, 0, 1, 2], [1.0, 0.5, 0.3], [(1, 1), (2, 3), (7, 7)]):
+        # torchvision's CPU kernel crashes on inverted boxes with aligned=True and adaptive sampling
+        rois = make_rois(10, 2, 9, 11, dtype, seed=sr + 7, inverted=not aligned or sr > 0)
+        ours = run(ops.roi_align, x, rois, size, scale, sr, aligned)
+        ref = run(torchvision.ops.roi_align, x, rois, size, scale, sr, aligned)
+        assert_close(ours[0], ref[0], TOL[dtype])
+        assert_close(ours[1], ref[1], TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_roi_pool_matches_torchvision(dtype):
+    x = torch.randn(2, 3, 9, 11, dtype=dtype)
+    for scale, size in itertools.product([1.0, 0.5, 0.3], [(1, 1), (2, 3), (7, 7)]):
+        rois = make_rois(12, 2, 9, 11, dtype, seed=3)
+        ours = run(ops.roi_pool, x, rois, size, scale)
+        ref = run(torchvision.ops.roi_pool, x, rois, size, scale)
+        assert_close(ours[0], ref[0], TOL[dtype])
+        assert_close(ours[1], ref[1], TOL[dtype])
+
+
+def test_list_of_boxes_matches_tensor_form():
+    x = torch.randn(2, 3, 9, 11)
+    rois = make_rois(8, 2, 9, 11, torch.float32, seed=5)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    rois_sorted = torch.cat([rois[rois[:, 0] == i] for i in range(2)])
+    for fn in (ops.roi_align, ops.roi_pool, ops.roi_warp):
+        assert torch.equal(fn(x, boxes, 3), fn(x, rois_sorted, 3))
+    assert_close(ops.roi_align(x, boxes, 3), torchvision.ops.roi_align(x, boxes, 3), 1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against the float64 reference (including max mode and RoIWarp)
+CASES = [
+    ("align", "avg", False),
+    ("align", "avg", True),
+    ("align", "max", False),
+    ("align", "max", True),
+    ("warp", "max", None),
+    ("warp", "avg", None),
+    ("pool", None, None),
+]
+
+
+def call(op, mode, aligned, impl, x, rois, size, scale, sr):
+    if op == "align":
+        fn = ops.roi_align if impl == "ours" else roi_align_ref
+        return fn(x, rois, size, scale, sr, aligned, mode)
+    if op == "warp":
+        fn = ops.roi_warp if impl == "ours" else roi_warp_ref
+        return fn(x, rois, size, scale, sr, mode)
+    fn = ops.roi_pool if impl == "ours" else roi_pool_ref
+    return fn(x, rois, size, scale)
+
+
+@pytest.mark.parametrize("op,mode,aligned", CASES)
+def test_matches_reference_float64(op, mode, aligned):
+    x = torch.randn(2, 2, 7, 8, dtype=torch.float64)
+    for i, (sr, scale, size) in enumerate(itertools.product([0, 2], [1.0, 0.5], [(1, 1), (3, 2)])):
+        rois = make_rois(6, 2, 7, 8, torch.float64, seed=i)
+        ours = run(lambda t, r=rois, s=size, c=scale, q=sr: call(op, mode, aligned, "ours", t, r, s, c, q), x)
+        ref = run(lambda t, r=rois, s=size, c=scale, q=sr: call(op, mode, aligned, "ref", t, r, s, c, q), x)
+        assert_close(ours[0], ref[0], 1e-9)
+        assert_close(ours[1], ref[1], 1e-9)
+
+
+def test_roi_warp_is_align_on_quantized_box():
+    """The documented definition: RoIAlign(aligned=True, scale=1) on [x1q, y1q, x1q + w, y1q + h]."""
+    x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    rois = torch.tensor([[0, 2.4, 3.5, 9.6, 7.49], [0, -2.5, 1.2, 4.5, 2.5]], dtype=torch.float64)
+    scale = 0.5
+    q = torch.tensor([[0, 1, 2, 1 + 5, 2 + 3], [0, -1, 1, -1 + 4, 1 + 1]], dtype=torch.float64)
+    for mode in ("avg", "max"):
+        warp = ops.roi_warp(x, rois, (3, 4), scale, 2, mode)
+        align = ops.roi_align(x, q, (3, 4), 1.0, 2, aligned=True, pool_mode=mode)
+        assert torch.equal(warp, align)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-written expectations on a ramp map v(h, w) = 10 h + w (bilinear interpolation of it is exact).
+RAMP = (10 * torch.arange(4.0)[:, None] + torch.arange(5.0)[None, :]).reshape(1, 1, 4, 5)
+BOX = torch.tensor([[0.0, 1, 1, 3, 3]])
+
+
+def test_literal_roi_align():
+    assert torch.equal(
+        ops.roi_align(RAMP, BOX, 2, 1.0, 2, aligned=False), torch.tensor([[[[16.5, 17.5], [26.5, 27.5]]]])
+    )
+    assert torch.equal(
+        ops.roi_align(RAMP, BOX, 2, 1.0, 2, aligned=True), torch.tensor([[[[11.0, 12.0], [21.0, 22.0]]]])
+    )
+    # same box at spatial_scale 0.5 from image coordinates
+    assert torch.equal(
+        ops.roi_align(RAMP, BOX * torch.tensor([1, 2, 2, 2, 2]), 2, 0.5, 2),
+        torch.tensor([[[[16.5, 17.5], [26.5, 27.5]]]]),
+    )
+
+
+def test_literal_roi_pool():
+    out, argmax = torch.ops.roi_ops.roi_pool_forward(RAMP, BOX, 1.0, 2, 2)
+    assert torch.equal(out, torch.tensor([[[[22.0, 23.0], [32.0, 33.0]]]]))
+    assert torch.equal(argmax, torch.tensor([[[[12, 13], [17, 18]]]], dtype=torch.int32))
+    assert torch.equal(ops.roi_pool(RAMP, BOX, 2), out)
+
+
+def test_literal_roi_warp():
+    # quantized cells 1..3 -> interval [0.5, 3.5], bins of 1.5, samples at 0.875, 1.625 | 2.375, 3.125;
+    # y = 3.125 snaps to the last row (3).
+    assert torch.equal(
+        ops.roi_warp(RAMP, BOX, 2, 1.0, 2, "max"), torch.tensor([[[[17.875, 19.375], [31.625, 33.125]]]])
+    )
+    assert torch.equal(
+        ops.roi_warp(RAMP, BOX, 2, 1.0, 2, "avg"), torch.tensor([[[[13.75, 15.25], [28.125, 29.625]]]])
+    )
+
+
+def test_max_mode_outside_samples_compete_with_zero():
+    x = torch.full((1, 1, 6, 6), -1.0, requires_grad=True)
+    rois = torch.tensor([[0.0, -4, -4, 2, 2], [0.0, 1, 1, 4, 4], [0.0, 20, 20, 30, 30]])
+    out = ops.roi_align(x, rois, 2, 1.0, 2, pool_mode="max")
+    assert torch.equal(out[0, 0, 0, 0], torch.tensor(0.0))  # bin with outside samples: 0 beats -1
+    assert torch.equal(out[1], -torch.ones(1, 2, 2))  # fully inside
+    assert torch.equal(out[2], torch.zeros(1, 2, 2))  # fully outside
+    out[2].sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))  # outside winners get no gradient
+    _, argmax = torch.ops.roi_ops.roi_align_forward(x.detach(), rois, 1.0, 2, 2, 2, False, True)
+    assert argmax[2].eq(0).all() and argmax.ge(0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autograd / torch.library integration
+@pytest.mark.parametrize("op,mode,aligned", CASES)
+def test_gradcheck(op, mode, aligned):
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.3, 0.7, 4.2, 3.9], [0, -1.3, 1.1, 2.2, 6.0]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: call(op, mode, aligned, "ours", t, rois, (2, 3), 1.0, 2), (x,))
+
+
+@pytest.mark.parametrize("op,mode,aligned", CASES)
+def test_opcheck(op, mode, aligned):
+    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+    rois = make_rois(4, 2, 6, 7, torch.float32, seed=1)
+    if op == "align":
+        args = (x, rois, 0.5, 2, 3, 2, aligned, mode == "max")
+        torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, args)
+    elif op == "warp":
+        torch.library.opcheck(torch.ops.roi_ops.roi_warp_forward, (x, rois, 0.5, 2, 3, 0, mode == "max"))
+    else:
+        torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, 0.5, 2, 3))
+
+
+def test_torch_compile_fullgraph():
+    def f(x, rois):
+        return (
+            (
+                ops.roi_align(x, rois, 3, 0.5, 2, True)
+                + ops.roi_pool(x, rois, 3, 0.5)
+                + ops.roi_warp(x, rois, 3, 0.5)
+            )
+            .relu()
+            .sum()
+        )
+
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    rois = make_rois(5, 2, 8, 8, torch.float32, seed=2)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(x, rois)
+    (g,) = torch.autograd.grad(out, x)
+    (g_ref,) = torch.autograd.grad(f(x, rois), x)
+    assert torch.allclose(out, f(x, rois)) and torch.allclose(g, g_ref)
+
+
+def test_backward_is_deterministic():
+    x = torch.randn(2, 8, 16, 16)
+    rois = make_rois(64, 2, 16, 16, torch.float32, seed=4)
+    with torch.use_deterministic_algorithms(True) if hasattr(torch, "_no_such") else _deterministic():
+        for fn in (
+            lambda t: ops.roi_align(t, rois, 5, 1.0, 0),
+            lambda t: ops.roi_pool(t, rois, 5),
+            lambda t: ops.roi_warp(t, rois, 5),
+        ):
+            g1, g2 = run(fn, x)[1], run(fn, x)[1]
+            assert torch.equal(g1, g2)
+            with _threads(1):
+                assert torch.equal(run(fn, x)[1], g1)  # independent of the number of threads too
+
+
+class _deterministic:
+    def __enter__(self):
+        self.prev = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.prev)
+
+
+class _threads:
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.prev = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.prev)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dtypes and memory layouts
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("op,mode,aligned", CASES)
+def test_low_precision(dtype, tol, op, mode, aligned):
+    x = torch.randn(2, 3, 9, 11)
+    rois = make_rois(8, 2, 9, 11, torch.float32, seed=6).to(dtype).float()  # boxes exactly representable
+    ref = run(lambda t: call(op, mode, aligned, "ours", t, rois, 3, 0.5, 2), x.to(dtype).float())
+    low = run(lambda t: call(op, mode, aligned, "ours", t, rois.to(dtype), 3, 0.5, 2), x.to(dtype))
+    assert low[0].dtype == dtype and low[1].dtype == dtype
+    torch.testing.assert_close(low[0].float(), ref[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(low[1].float(), ref[1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("op,mode,aligned", CASES)
+def test_memory_layouts(op, mode, aligned):
+    x = torch.randn(2, 4, 9, 11)
+    rois = make_rois(8, 2, 9, 11, torch.float32, seed=8)
+
+    def f(t):
+        return call(op, mode, aligned, "ours", t, rois, 3, 0.5, 0)
+
+    base = run(f, x)
+    layouts = [
+        x.contiguous(memory_format=torch.channels_last),
+        x.transpose(2, 3).contiguous().transpose(2, 3),
+        x.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
+    ]
+    for v in layouts:
+        assert not v.is_contiguous()
+        out, grad = run(f, v)
+        assert torch.equal(out, base[0]) and torch.equal(grad, base[1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input and edge cases
+X = torch.randn(2, 3, 8, 8)
+FNS = [ops.roi_align, ops.roi_pool, ops.roi_warp]
+
+
+@pytest.mark.parametrize("fn", FNS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_box_names_row(fn, bad):
+    rois = torch.tensor([[0.0, 1, 1, 4, 4], [1.0, 1, 1, 4, 4], [1.0, 1, 1, 4, 4]])
+    rois[2, 3] = bad
+    with pytest.raises(ValueError, match="row 2"):
+        fn(X, rois, 2)
+
+
+@pytest.mark.parametrize("fn", FNS)
+@pytest.mark.parametrize("batch", [-1.0, 2.0, 0.5, float("nan")])
+def test_bad_batch_index_names_row(fn, batch):
+    rois = torch.tensor([[0.0, 1, 1, 4, 4], [batch, 1, 1, 4, 4]])
+    with pytest.raises(ValueError, match="row 1"):
+        fn(X, rois, 2)
+    with pytest.raises(ValueError, match="row 2"):
+        fn(X, [torch.ones(1, 4), torch.ones(1, 4), torch.ones(1, 4)], 2)  # 3 images of boxes for N=2
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_bad_arguments(fn):
+    good = torch.tensor([[0.0, 1, 1, 4, 4]])
+    with pytest.raises(ValueError, match=r"Tensor\[K, 5\]"):
+        fn(X, torch.ones(3, 4), 2)
+    with pytest.raises(ValueError, match=r"boxes\[0\]"):
+        fn(X, [torch.ones(3, 5)], 2)
+    with pytest.raises(TypeError, match="dtype"):
+        fn(X, good.double(), 2)
+    with pytest.raises(TypeError, match="dtype"):
+        fn(X, good.long(), 2)
+    with pytest.raises(ValueError, match="device"):
+        fn(X, good.to("meta"), 2)
+    with pytest.raises(ValueError, match="4-D"):
+        fn(X[0], good, 2)
+    for size in (0, -1, (2, 0), (1, 2, 3), 1.5, True, "7"):
+        with pytest.raises(ValueError, match="output_size"):
+            fn(X, good, size)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        fn(X, good, 2, float("nan"))
+
+
+def test_bad_pool_mode():
+    good = torch.tensor([[0.0, 1, 1, 4, 4]])
+    for fn in (ops.roi_align, ops.roi_warp):
+        with pytest.raises(ValueError, match="pool_mode"):
+            fn(X, good, 2, pool_mode="sum")
+    with pytest.raises(ValueError, match="pool_mode"):
+        ops.RoIAlign(2, pool_mode="min")
+
+
+def test_direct_op_calls_check_shapes():
+    """torch.ops calls bypass the Python validation; the C++ checks must raise, never crash."""
+    r = torch.tensor([[0.0, 1, 1, 4, 4]])
+    with pytest.raises(RuntimeError, match="rois must be"):
+        torch.ops.roi_ops.roi_align_forward(X, r[:, :4], 1.0, 2, 2, 2, False, False)
+    with pytest.raises(RuntimeError, match="batch index"):
+        torch.ops.roi_ops.roi_pool_forward(X, torch.tensor([[5.0, 1, 1, 4, 4]]), 1.0, 2, 2)
+    with pytest.raises(RuntimeError, match="batch index"):
+        torch.ops.roi_ops.roi_warp_forward(X, torch.tensor([[float("nan"), 1, 1, 4, 4]]), 1.0, 2, 2, 2, True)
+    with pytest.raises(RuntimeError, match="grad must be"):
+        torch.ops.roi_ops.roi_align_backward(
+            torch.ones(1, 3, 3, 3),
+            r,
+            torch.empty(0, dtype=torch.int32),
+            1.0,
+            2,
+            2,
+            2,
+            3,
+            8,
+            8,
+            2,
+            False,
+            False,
+        )
+    with pytest.raises(RuntimeError, match="argmax"):
+        torch.ops.roi_ops.roi_pool_backward(
+            torch.ones(1, 3, 2, 2), r, torch.full((1, 3, 2, 2), 999, dtype=torch.int32), 1.0, 2, 2, 2, 3, 8, 8
+        )
+    with pytest.raises(RuntimeError, match="argmax"):
+        torch.ops.roi_ops.roi_align_backward(
+            torch.ones(1, 3, 2, 2),
+            r,
+            torch.full((1, 3, 2, 2), 99, dtype=torch.int32),
+            1.0,
+            2,
+            2,
+            2,
+            3,
+            8,
+            8,
+            2,
+            False,
+            True,
+        )
+    # NaN coordinates through the raw op: finite output, no crash
+    nan_box = torch.tensor([[0.0, float("nan"), 1, 4, float("nan")]])
+    for out in (
+        torch.ops.roi_ops.roi_align_forward(X, nan_box, 1.0, 2, 2, 0, True, True)[0],
+        torch.ops.roi_ops.roi_pool_forward(X, nan_box, 1.0, 2, 2)[0],
+    ):
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_empty_boxes(fn):
+    x = X.clone().requires_grad_()
+    for boxes in (torch.zeros(0, 5), [torch.zeros(0, 4), torch.zeros(0, 4)]):
+        out = fn(x, boxes, (2, 3))
+        assert out.shape == (0, 3, 2, 3)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.equal(g, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("op,mode,aligned", CASES)
+def test_huge_and_inverted_boxes_are_finite(op, mode, aligned):
+    rois = torch.tensor(
+        [
+            [0, 1e30, 1e30, 2e30, 2e30],
+            [0, -1e30, -1e30, 1e30, 1e30],
+            [1, 7, 7, 1, 1],
+            [1, 3, 2, 3, 2],
+            [0, -3e38, 0, 3e38, 5],
+        ]
+    )
+    x = X.clone().requires_grad_()
+    for sr in (0, 2):
+        out = call(op, mode, aligned, "ours", x, rois, 3, 1.0, sr)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(out).all() and torch.isfinite(g).all()
+
+
+def test_modules():
+    x = torch.randn(1, 2, 8, 8)
+    boxes = [torch.tensor([[1.0, 1, 6, 5]])]
+    m = ops.RoIAlign((2, 3), 0.5, 2, aligned=True)
+    assert torch.equal(m(x, boxes), ops.roi_align(x, boxes, (2, 3), 0.5, 2, True))
+    assert "output_size=(2, 3)" in repr(m) and "aligned=True" in repr(m)
+    p = ops.RoIPool(3, 0.5)
+    assert torch.equal(p(x, boxes), ops.roi_pool(x, boxes, 3, 0.5)) and "spatial_scale=0.5" in repr(p)
+    w = ops.RoIWarp(4, 1.0, 2, "avg")
+    assert torch.equal(w(x, boxes), ops.roi_warp(x, boxes, 4, 1.0, 2, "avg")) and "'avg'" in repr(w)
