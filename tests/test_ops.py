@@ -204,6 +204,14 @@ def test_opcheck(op, mode, aligned):
         torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, 0.5, 2, 3))
 
 
+def test_opcheck_bf16_input_float32_rois():
+    x = torch.randn(2, 3, 6, 7).bfloat16().requires_grad_()
+    rois = make_rois(4, 2, 6, 7, torch.float32, seed=1)
+    torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, 0.5, 2, 3, 2, True, False))
+    torch.library.opcheck(torch.ops.roi_ops.roi_warp_forward, (x, rois, 0.5, 2, 3, 0, True))
+    torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, 0.5, 2, 3))
+
+
 def test_torch_compile_fullgraph():
     def f(x, rois):
         return (
@@ -276,6 +284,87 @@ def test_low_precision(dtype, tol, op, mode, aligned):
 
 
 @pytest.mark.parametrize("op,mode,aligned", CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_input_uses_float32_boxes(op, mode, aligned, dtype):
+    """Half/bf16 input with float32 boxes (not representable in bf16): the geometry runs on the float32 boxes,
+    so the result equals the float32 op on the rounded input, to low-precision tolerance. Half/bf16 boxes are
+    upcast (the geometry never runs in the low-precision dtype)."""
+    tol = 2e-3 if dtype == torch.float16 else 2e-2
+    x = torch.randn(2, 3, 20, 24)
+    rois = make_rois(10, 2, 20 * 32, 24 * 32, torch.float32, seed=11)  # image coords up to ~1500 px
+    rois[:, 1:] += 0.3  # certainly not on the bf16 grid
+    assert not torch.equal(rois.to(torch.bfloat16).float(), rois)
+    ref = run(lambda t: call(op, mode, aligned, "ours", t, rois, 3, 1 / 32, 2), x.to(dtype).float())
+    low = run(lambda t: call(op, mode, aligned, "ours", t, rois, 3, 1 / 32, 2), x.to(dtype))
+    assert low[0].dtype == dtype and low[1].dtype == dtype
+    torch.testing.assert_close(low[0].float(), ref[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(low[1].float(), ref[1], rtol=tol, atol=tol)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    rois_sorted = torch.cat([rois[rois[:, 0] == i] for i in range(2)])
+    list_form = call(op, mode, aligned, "ours", x.to(dtype), boxes, 3, 1 / 32, 2)
+    assert torch.equal(list_form, call(op, mode, aligned, "ours", x.to(dtype), rois_sorted, 3, 1 / 32, 2))
+    # low-precision boxes are accepted and mean exactly their (rounded) value in float32
+    rounded = rois.to(dtype)
+    assert torch.equal(
+        call(op, mode, aligned, "ours", x.to(dtype), rounded, 3, 1 / 32, 2),
+        call(op, mode, aligned, "ours", x.to(dtype), rounded.float(), 3, 1 / 32, 2),
+    )
+
+
+def test_bf16_boxes_would_misalign():
+    """Why boxes stay float32: rounding corners near 1000 px to bfloat16 moves them by up to 4 px."""
+    x = torch.randn(1, 4, 40, 40)
+    rois = torch.tensor([[0.0, 901.3, 777.7, 1203.9, 1011.1]])
+    exact = ops.roi_align(x.bfloat16(), rois, 7, 1 / 32, 2, aligned=True).float()
+    rounded = ops.roi_align(x.bfloat16(), rois.bfloat16(), 7, 1 / 32, 2, aligned=True).float()
+    ref = ops.roi_align(x.bfloat16().float(), rois, 7, 1 / 32, 2, aligned=True)
+    torch.testing.assert_close(exact, ref, rtol=2e-2, atol=2e-2)
+    assert (rounded - ref).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_boxes_cast_to_input_dtype(dtype):
+    """float32/float64 input: boxes of any floating dtype are cast to the input dtype."""
+    x = torch.randn(2, 3, 9, 11, dtype=dtype)
+    rois = make_rois(8, 2, 9, 11, torch.float64, seed=12)
+    for box_dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        b = rois.to(box_dtype)
+        for fn in FNS:
+            assert torch.equal(fn(x, b, 3, 0.5), fn(x, b.to(dtype), 3, 0.5))
+        boxes = [b[b[:, 0] == i, 1:] for i in range(2)]
+        assert ops.roi_align(x, boxes, 3).dtype == dtype
+
+
+def test_autocast_bf16():
+    """Under CPU autocast the op gets bf16 features (from a conv) and float32 boxes; forward and backward run
+    and match float32 math on the same bf16 features."""
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    img = torch.randn(2, 3, 24, 32)
+    rois = make_rois(12, 2, 24 * 8, 32 * 8, torch.float32, seed=13)
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    for fn in (
+        lambda f: ops.roi_align(f, boxes, 7, 1 / 8, 2, aligned=True),
+        lambda f: ops.roi_pool(f, boxes, 7, 1 / 8),
+        lambda f: ops.roi_warp(f, boxes, 7, 1 / 8),
+    ):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feat = conv(img)
+            assert feat.dtype == torch.bfloat16
+            feat.retain_grad()
+            out = fn(feat)
+            assert out.dtype == torch.bfloat16
+            loss = out.float().square().sum()
+        loss.backward()
+        assert feat.grad is not None and feat.grad.dtype == torch.bfloat16 and torch.isfinite(feat.grad).all()
+        ref_feat = feat.detach().float().requires_grad_()
+        ref = fn(ref_feat)
+        ref.square().sum().backward()
+        torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(feat.grad.float(), ref_feat.grad, rtol=5e-2, atol=5e-2)
+        conv.zero_grad()
+
+
+@pytest.mark.parametrize("op,mode,aligned", CASES)
 def test_memory_layouts(op, mode, aligned):
     x = torch.randn(2, 4, 9, 11)
     rois = make_rois(8, 2, 9, 11, torch.float32, seed=8)
@@ -327,10 +416,10 @@ def test_bad_arguments(fn):
         fn(X, torch.ones(3, 4), 2)
     with pytest.raises(ValueError, match=r"boxes\[0\]"):
         fn(X, [torch.ones(3, 5)], 2)
-    with pytest.raises(TypeError, match="dtype"):
-        fn(X, good.double(), 2)
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="floating point"):
         fn(X, good.long(), 2)
+    with pytest.raises(TypeError, match="floating point"):
+        fn(X, [good[:, 1:].int()], 2)
     with pytest.raises(ValueError, match="device"):
         fn(X, good.to("meta"), 2)
     with pytest.raises(ValueError, match="4-D"):
@@ -356,6 +445,15 @@ def test_direct_op_calls_check_shapes():
     r = torch.tensor([[0.0, 1, 1, 4, 4]])
     with pytest.raises(RuntimeError, match="rois must be"):
         torch.ops.roi_ops.roi_align_forward(X, r[:, :4], 1.0, 2, 2, 2, False, False)
+    # rois: the input dtype or its coordinate dtype (float32 for half/bf16), nothing else
+    with pytest.raises(RuntimeError, match="rois must have the dtype"):
+        torch.ops.roi_ops.roi_pool_forward(X, r.double(), 1.0, 2, 2)
+    with pytest.raises(RuntimeError, match="rois must have the dtype"):
+        torch.ops.roi_ops.roi_align_forward(X.bfloat16(), r.half(), 1.0, 2, 2, 2, False, False)
+    with pytest.raises(RuntimeError, match="rois must have the dtype"):
+        torch.ops.roi_ops.roi_pool_backward(
+            torch.ones(1, 3, 2, 2), r.double(), torch.zeros((1, 3, 2, 2), dtype=torch.int32), 1.0, 2, 2, 2, 3, 8, 8
+        )
     with pytest.raises(RuntimeError, match="batch index"):
         torch.ops.roi_ops.roi_pool_forward(X, torch.tensor([[5.0, 1, 1, 4, 4]]), 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="batch index"):

@@ -1,0 +1,1 @@
+"""Mask R-CNN research framework: model assembly, data, evaluation."""

@@ -1,0 +1,107 @@
+"""LightningDataModule for COCO-format instance segmentation (COCO 2017 or the built-in shapes set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from maskrcnn.data.coco import CocoInstances, DatasetNotFoundError, dataset_not_found_message
+from maskrcnn.data.sampler import GroupedBatchSampler
+from maskrcnn.data.shapes import ensure_shapes_dataset
+from maskrcnn.data.transforms import RandomHorizontalFlip
+
+
+def collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+    """Images differ in size, so a batch stays a pair of lists (the model pads them)."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+class InstanceDataModule(pl.LightningDataModule):
+    """Train/val COCO-format splits. With `shapes` set, `prepare_data` first generates the built-in data.
+
+    Args:
+        train_images, train_annotations, val_images, val_annotations: image dirs and instances JSONs.
+        batch_size: images per GPU/process per step. val_batch_size: the same for validation.
+        num_workers: dataloader worker processes (0 = load in the main process).
+        on_bad_image: "error" (stop with the file and image id) or "skip" (warn, count, go on).
+        shapes: generation parameters of the shapes dataset (`ensure_shapes_dataset`'s keywords plus `root`).
+        flip_prob: horizontal-flip probability in training. seed: batch order seed.
+    """
+
+    def __init__(
+        self,
+        train_images: str,
+        train_annotations: str,
+        val_images: str,
+        val_annotations: str,
+        batch_size: int = 2,
+        num_workers: int = 2,
+        val_batch_size: int = 4,
+        on_bad_image: str = "error",
+        shapes: dict[str, Any] | None = None,
+        flip_prob: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.paths = {
+            "train images": Path(train_images), "train annotations": Path(train_annotations),
+            "val images": Path(val_images), "val annotations": Path(val_annotations),
+        }
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.on_bad_image, self.shapes, self.flip_prob, self.seed = on_bad_image, shapes, flip_prob, seed
+        self.train_dataset: CocoInstances | None = None
+        self.val_dataset: CocoInstances | None = None
+
+    def prepare_data(self) -> None:
+        if self.shapes is not None:
+            params = dict(self.shapes)
+            ensure_shapes_dataset(params.pop("root"), **params)
+
+    def setup(self, stage: str | None = None) -> None:
+        for what, path in self.paths.items():
+            if not path.exists():
+                raise DatasetNotFoundError(dataset_not_found_message(what, path))
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = CocoInstances(
+                self.paths["train images"], self.paths["train annotations"],
+                RandomHorizontalFlip(self.flip_prob), self.on_bad_image,
+            )
+        if self.val_dataset is None:
+            self.val_dataset = CocoInstances(
+                self.paths["val images"], self.paths["val annotations"], None, self.on_bad_image
+            )
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader_options(self) -> dict[str, Any]:
+        workers = self.num_workers
+        return {
+            "num_workers": workers, "collate_fn": collate, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_and_world()
+        sampler = GroupedBatchSampler(
+            self.train_dataset.group_ids(), self.batch_size, shuffle=True, seed=self.seed, rank=rank,
+            world_size=world,
+        )
+        if len(sampler) == 0:
+            raise ValueError(
+                f"{self.paths['train annotations']}: {len(self.train_dataset)} images give no full batch of "
+                f"{self.batch_size} per rank on {world} rank(s)"
+            )
+        return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_options())
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_and_world()
+        shard = Subset(self.val_dataset, range(rank, len(self.val_dataset), world))
+        return DataLoader(shard, batch_size=self.val_batch_size, shuffle=False, **self._loader_options())

@@ -1,0 +1,63 @@
+"""Aspect-ratio grouped batches, sharded across distributed ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches whose images share an aspect-ratio group (landscape / portrait), so padding stays small.
+
+    Every rank builds the same batch list from (seed, epoch) and takes batches rank::world_size, so ranks
+    see disjoint batches and the same number of them (the list is truncated to a multiple of world_size).
+    Use with Lightning's `use_distributed_sampler=False`.
+    """
+
+    def __init__(
+        self,
+        group_ids: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        self.group_ids = np.asarray(group_ids, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        order = np.arange(len(self.group_ids))
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
+        batches: list[list[int]] = []
+        pending: dict[int, list[int]] = {}
+        for index in order.tolist():
+            group = pending.setdefault(int(self.group_ids[index]), [])
+            group.append(index)
+            if len(group) == self.batch_size:
+                batches.append(group.copy())
+                group.clear()
+        if not self.drop_last:
+            batches += [group for group in pending.values() if group]
+        usable = len(batches) - len(batches) % self.world_size
+        return batches[:usable]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._all_batches()[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return len(self._all_batches()) // self.world_size

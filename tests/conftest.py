@@ -1,0 +1,19 @@
+"""Shared fixtures: composing the Hydra configs the way train.py does, shrunk for tests."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(config_name, overrides) -> DictConfig, without running Hydra's app."""
+
+    def _compose(config_name: str = "train", overrides: list[str] | None = None):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides or [])
+
+    return _compose

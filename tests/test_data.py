@@ -1,0 +1,187 @@
+"""Datasets: the shapes generator, the COCO reader's bad-data errors, transforms and the batch sampler."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from maskrcnn.data.coco import BadDataError, CocoInstances, DatasetNotFoundError
+from maskrcnn.data.sampler import GroupedBatchSampler
+from maskrcnn.data.shapes import SHAPE_CLASSES, ensure_shapes_dataset
+from maskrcnn.data.transforms import RandomHorizontalFlip
+
+SMALL = {"num_train": 12, "num_val": 4, "image_size": 96, "min_size": 12, "max_size": 48, "workers": 1}
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return ensure_shapes_dataset(tmp_path_factory.mktemp("shapes") / "s", **SMALL)
+
+
+def test_shapes_load_in_pycocotools_and_round_trip(shapes_root):
+    coco = COCO(str(shapes_root / "annotations" / "instances_train.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(SHAPE_CLASSES)
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) >= 12
+    for ann in anns:
+        mask = coco.annToMask(ann)
+        assert mask.sum() == pytest.approx(ann["area"])
+        ys, xs = np.nonzero(mask)
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    for image in coco.loadImgs(coco.getImgIds()):
+        with Image.open(shapes_root / "train" / image["file_name"]) as im:
+            assert im.size == (image["width"], image["height"]) == (96, 96)
+
+
+def test_shapes_masks_differ_from_their_boxes(shapes_root):
+    """The point of the dataset: a box does not tell the mask (rings have holes, triangles miss corners)."""
+    coco = COCO(str(shapes_root / "annotations" / "instances_train.json"))
+    fill = [a["area"] / (a["bbox"][2] * a["bbox"][3]) for a in coco.loadAnns(coco.getAnnIds())]
+    assert min(fill) < 0.6 and max(fill) - min(fill) > 0.3
+
+
+def test_shapes_are_deterministic_and_reused(tmp_path, shapes_root):
+    again = ensure_shapes_dataset(tmp_path / "s", **SMALL)
+    for split in ("train", "val"):
+        a = (shapes_root / "annotations" / f"instances_{split}.json").read_bytes()
+        assert a == (again / "annotations" / f"instances_{split}.json").read_bytes()
+    assert (shapes_root / "train" / "000003.png").read_bytes() == (again / "train" / "000003.png").read_bytes()
+    stamp = (again / "spec.json").stat().st_mtime_ns
+    ensure_shapes_dataset(tmp_path / "s", **SMALL)
+    assert (again / "spec.json").stat().st_mtime_ns == stamp, "same spec: reused, not regenerated"
+    ensure_shapes_dataset(tmp_path / "s", **{**SMALL, "num_val": 2})
+    assert len(json.loads((again / "annotations" / "instances_val.json").read_text())["images"]) == 2
+
+
+def test_dataset_returns_documented_shapes(shapes_root):
+    ds = CocoInstances(shapes_root / "train", shapes_root / "annotations" / "instances_train.json")
+    image, target = ds[0]
+    m = len(target["boxes"])
+    assert image.dtype == torch.float32 and image.shape == (3, 96, 96) and 0 <= image.min() <= image.max() <= 1
+    assert target["boxes"].shape == (m, 4) and target["labels"].dtype == torch.int64
+    assert target["masks"].shape == (m, 96, 96) and target["masks"].dtype == torch.uint8
+    assert target["iscrowd"].tolist() == [0] * m and target["image_id"] == 1
+    assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
+    assert ds.num_classes == 6 and ds.group_ids().tolist() == [0] * len(ds)
+
+
+def _write_coco(tmp_path, images, annotations, categories=None, make_files=True):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    if make_files:
+        for im in images:
+            Image.new("RGB", (im["width"], im["height"]), (90, 90, 90)).save(tmp_path / "img" / im["file_name"])
+    path = tmp_path / "instances.json"
+    cats = categories or [{"id": 1, "name": "a"}]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+    return tmp_path / "img", path
+
+
+def _image(i, w=20, h=10):
+    return {"id": i, "file_name": f"{i}.png", "width": w, "height": h}
+
+
+def _ann(i, image_id, bbox, seg=None, cat=1, crowd=0):
+    x, y, w, h = bbox
+    seg = seg if seg is not None else [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "segmentation": seg, "iscrowd": crowd}
+
+
+def test_missing_annotation_file_suggests_shapes(tmp_path):
+    (tmp_path / "img").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)instances\.json.*COCO_ROOT.*data=shapes"):
+        CocoInstances(tmp_path / "img", tmp_path / "instances.json")
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    (tmp_path / "img").mkdir()
+    path = tmp_path / "instances.json"
+    path.write_text('{"images": [\n  {"id": 1,,}\n]}')
+    with pytest.raises(BadDataError, match=r"instances\.json: malformed JSON at line 2"):
+        CocoInstances(tmp_path / "img", path)
+
+
+def test_annotation_with_missing_image_id(tmp_path):
+    img, ann = _write_coco(tmp_path, [_image(1)], [_ann(7, 99, [1, 1, 5, 5])])
+    with pytest.raises(BadDataError, match=r"instances\.json: annotation id 7 references missing image id 99"):
+        CocoInstances(img, ann)
+
+
+def test_polygon_with_two_points(tmp_path):
+    img, ann = _write_coco(tmp_path, [_image(1)], [_ann(5, 1, [1, 1, 5, 5], seg=[[1, 1, 5, 5]])])
+    with pytest.raises(BadDataError, match=r"annotation id 5: polygon with 2.0 points"):
+        CocoInstances(img, ann)
+
+
+def test_degenerate_boxes_are_dropped_with_a_warning(tmp_path):
+    anns = [_ann(1, 1, [1, 1, 5, 5]), _ann(2, 1, [3, 3, 0, 4]), _ann(3, 1, [3, 3, -2, 4])]
+    img, path = _write_coco(tmp_path, [_image(1)], anns)
+    with pytest.warns(UserWarning, match=r"dropped 2 annotation\(s\).*annotation ids: 2, 3"):
+        ds = CocoInstances(img, path)
+    assert len(ds[0][1]["boxes"]) == 1
+
+
+def test_missing_and_corrupt_images_error_or_skip(tmp_path):
+    img, path = _write_coco(tmp_path, [_image(1), _image(2), _image(3)], [])
+    (img / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (img / "3.png").unlink()
+    ds = CocoInstances(img, path)
+    with pytest.raises(BadDataError, match=r"2\.png: cannot read image id 2"):
+        ds[1]
+    with pytest.raises(BadDataError, match=r"3\.png: cannot read image id 3"):
+        ds[2]
+    skipping = CocoInstances(img, path, on_bad_image="skip")
+    with pytest.warns(UserWarning, match="skipping bad image"):
+        _, target = skipping[1]
+    assert target["image_id"] == 1 and skipping.num_skipped == 2
+
+
+def test_non_contiguous_categories_map_both_ways(tmp_path):
+    cats = [{"id": 90, "name": "z"}, {"id": 3, "name": "c"}, {"id": 17, "name": "q"}]
+    img, path = _write_coco(tmp_path, [_image(1)], [_ann(1, 1, [1, 1, 5, 5], cat=90)], categories=cats)
+    ds = CocoInstances(img, path)
+    assert ds.category_id_to_contiguous == {3: 1, 17: 2, 90: 3}
+    assert ds.contiguous_to_category_id == {1: 3, 2: 17, 3: 90}
+    assert ds.category_names == ["c", "q", "z"]
+    assert ds[0][1]["labels"].tolist() == [3]
+
+
+def test_crowd_only_and_empty_images_load(tmp_path):
+    rle = mask_utils.encode(np.asfortranarray(np.ones((10, 20), np.uint8)))
+    crowd = _ann(1, 1, [0, 0, 20, 10], seg={"size": [10, 20], "counts": rle["counts"].decode()}, crowd=1)
+    img, path = _write_coco(tmp_path, [_image(1), _image(2)], [crowd])
+    ds = CocoInstances(img, path)
+    _, t1 = ds[0]
+    _, t2 = ds[1]
+    assert t1["iscrowd"].tolist() == [1] and int(t1["masks"].sum()) == 200
+    assert t2["boxes"].shape == (0, 4) and t2["masks"].shape == (0, 10, 20)
+
+
+def test_horizontal_flip_moves_boxes_with_masks():
+    image = torch.zeros(3, 4, 6)
+    masks = torch.zeros(1, 4, 6, dtype=torch.uint8)
+    masks[0, 1:3, 0:2] = 1
+    target = {"boxes": torch.tensor([[0.0, 1.0, 2.0, 3.0]]), "masks": masks, "labels": torch.tensor([1])}
+    _, flipped = RandomHorizontalFlip(1.0)(image, target)
+    assert flipped["boxes"].tolist() == [[4.0, 1.0, 6.0, 3.0]]
+    ys, xs = torch.nonzero(flipped["masks"][0], as_tuple=True)
+    assert (xs.min().item(), xs.max().item() + 1) == (4, 6)
+    assert RandomHorizontalFlip(0.0)(image, target)[1] is target
+
+
+def test_grouped_batches_share_aspect_and_shard_disjointly():
+    groups = np.array([0, 1] * 20 + [0] * 7)
+    shards = [list(GroupedBatchSampler(groups, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) > 0
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == len(set(seen)), "ranks see disjoint images"
+    for batch in shards[0] + shards[1]:
+        assert len(batch) == 4 and len({int(groups[i]) for i in batch}) == 1
+    sampler = GroupedBatchSampler(groups, 4, seed=3)
+    first = list(sampler)
+    assert list(sampler) == first, "same epoch, same order"
+    sampler.set_epoch(1)
+    assert list(sampler) != first

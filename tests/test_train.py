@@ -1,0 +1,117 @@
+"""End-to-end: train(cfg) with experiment=smoke, then evaluate the checkpoint; DDP via the real CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskrcnn.evaluating import evaluate
+from maskrcnn.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC_KEYS = [f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def _smoke_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["experiment=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def align_run(data_dir, tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    out = tmp_path_factory.mktemp("align_run")
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", _smoke_overrides(data_dir, out, "roi=align"))
+    return out, train(cfg)
+
+
+def _check_run_dir(out: Path, metrics: dict, roi: str) -> None:
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == metrics
+    for key in METRIC_KEYS:
+        assert 0.0 <= written[key] <= 1.0 or written[key] == -1.0, key
+    assert written["roi"] == roi and written["model"] == "r18_fpn" and written["seed"] == 0
+    assert written["steps"] == 20
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "checkpoints").glob("best-step*.ckpt")), "the best-by-segm_AP checkpoint is kept"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_smoke_train_align_writes_metrics_checkpoint_and_events(align_run):
+    out, metrics = align_run
+    _check_run_dir(out, metrics, "align")
+
+
+def test_smoke_train_pool(compose_cfg, data_dir, tmp_path):
+    cfg = compose_cfg("train", _smoke_overrides(data_dir, tmp_path, "roi=pool"))
+    _check_run_dir(tmp_path, train(cfg), "pool")
+
+
+def test_tensorboard_has_losses_lr_ap_and_pictures(align_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = align_run
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/loss_mask", "train/loss_classifier", "train/loss_objectness",
+                "val/segm_AP", "val/bbox_AP75"):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert any(tag.startswith("lr-SGD") for tag in scalars), sorted(scalars)
+    assert len(events.Scalars("train/loss")) == 20, "losses are logged every step"
+    assert events.Tags()["images"], "prediction-vs-truth pictures are logged"
+
+
+def test_evaluate_reproduces_training_metrics(compose_cfg, align_run, tmp_path):
+    out, metrics = align_run
+    cfg = compose_cfg("evaluate", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}"])
+    result = evaluate(cfg)
+    for key in METRIC_KEYS:
+        assert result[key] == pytest.approx(metrics[key], abs=1e-9), key
+    assert Path(result["gt_json"]).is_file()
+    for name in ("metrics.json", "bbox_results.json", "segm_results.json"):
+        assert (tmp_path / name).is_file()
+    segm = json.loads((tmp_path / "segm_results.json").read_text())
+    assert all({"image_id", "category_id", "segmentation", "score"} <= set(r) for r in segm)
+
+
+def test_evaluate_missing_checkpoint_names_the_path(compose_cfg, tmp_path):
+    cfg = compose_cfg("evaluate", [f"ckpt_path={tmp_path / 'nope.ckpt'}", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        evaluate(cfg)
+
+
+def _cli(script: str, *overrides: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_one_run_dir_and_same_ap(align_run, data_dir, tmp_path):
+    """2-process gloo DDP: training makes exactly one run dir; evaluation gathers all ranks exactly."""
+    runs = tmp_path / "runs"
+    proc = _cli(
+        "train.py", "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        f"paths.data_dir={data_dir}", f"hydra.run.dir={runs}/ddp",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in runs.iterdir()] == ["ddp"]
+    assert json.loads((runs / "ddp" / "metrics.json").read_text())["steps"] == 20
+
+    out, metrics = align_run
+    proc = _cli(
+        "evaluate.py", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "trainer.accelerator=cpu",
+        "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={tmp_path}/eval",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert ddp_metrics[key] == pytest.approx(metrics[key], abs=1e-9), key
