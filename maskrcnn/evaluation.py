@@ -20,7 +20,9 @@ BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
 def detections_to_coco(
-    image_id: int, detections: dict[str, Tensor], contiguous_to_category_id: dict[int, int],
+    image_id: int,
+    detections: dict[str, Tensor],
+    contiguous_to_category_id: dict[int, int],
     mask_threshold: float = 0.5,
 ) -> tuple[list[dict], list[dict]]:
     """One image's detections -> (bbox results, segm results) in the COCO results format.

@@ -26,7 +26,9 @@ def test_roi_options_build_their_op(compose_cfg, roi):
 @pytest.mark.parametrize("model", _options("model"))
 def test_model_options_build(compose_cfg, model):
     cfg = compose_cfg("train", [f"model={model}"])
-    net = build_model(cfg.model, cfg.roi, cfg.data.num_classes, cfg.data.image_min_size, cfg.data.image_max_size)
+    net = build_model(
+        cfg.model, cfg.roi, cfg.data.num_classes, cfg.data.image_min_size, cfg.data.image_max_size
+    )
     assert cfg.model.name == model
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) > 1_000_000
 
@@ -57,4 +59,3 @@ def test_optim_options_compose(compose_cfg):
     for optim in _options("optim"):
         cfg = compose_cfg("train", [f"optim={optim}"])
         assert cfg.optim.lr > 0 and list(cfg.optim.steps) == sorted(cfg.optim.steps)
-

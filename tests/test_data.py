@@ -49,7 +49,9 @@ def test_shapes_are_deterministic_and_reused(tmp_path, shapes_root):
     for split in ("train", "val"):
         a = (shapes_root / "annotations" / f"instances_{split}.json").read_bytes()
         assert a == (again / "annotations" / f"instances_{split}.json").read_bytes()
-    assert (shapes_root / "train" / "000003.png").read_bytes() == (again / "train" / "000003.png").read_bytes()
+    assert (shapes_root / "train" / "000003.png").read_bytes() == (
+        again / "train" / "000003.png"
+    ).read_bytes()
     stamp = (again / "spec.json").stat().st_mtime_ns
     ensure_shapes_dataset(tmp_path / "s", **SMALL)
     assert (again / "spec.json").stat().st_mtime_ns == stamp, "same spec: reused, not regenerated"
@@ -61,7 +63,9 @@ def test_dataset_returns_documented_shapes(shapes_root):
     ds = CocoInstances(shapes_root / "train", shapes_root / "annotations" / "instances_train.json")
     image, target = ds[0]
     m = len(target["boxes"])
-    assert image.dtype == torch.float32 and image.shape == (3, 96, 96) and 0 <= image.min() <= image.max() <= 1
+    assert (
+        image.dtype == torch.float32 and image.shape == (3, 96, 96) and 0 <= image.min() <= image.max() <= 1
+    )
     assert target["boxes"].shape == (m, 4) and target["labels"].dtype == torch.int64
     assert target["masks"].shape == (m, 96, 96) and target["masks"].dtype == torch.uint8
     assert target["iscrowd"].tolist() == [0] * m and target["image_id"] == 1
@@ -73,7 +77,9 @@ def _write_coco(tmp_path, images, annotations, categories=None, make_files=True)
     (tmp_path / "img").mkdir(exist_ok=True)
     if make_files:
         for im in images:
-            Image.new("RGB", (im["width"], im["height"]), (90, 90, 90)).save(tmp_path / "img" / im["file_name"])
+            Image.new("RGB", (im["width"], im["height"]), (90, 90, 90)).save(
+                tmp_path / "img" / im["file_name"]
+            )
     path = tmp_path / "instances.json"
     cats = categories or [{"id": 1, "name": "a"}]
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
@@ -87,7 +93,14 @@ def _image(i, w=20, h=10):
 def _ann(i, image_id, bbox, seg=None, cat=1, crowd=0):
     x, y, w, h = bbox
     seg = seg if seg is not None else [[x, y, x + w, y, x + w, y + h, x, y + h]]
-    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "segmentation": seg, "iscrowd": crowd}
+    return {
+        "id": i,
+        "image_id": image_id,
+        "category_id": cat,
+        "bbox": bbox,
+        "segmentation": seg,
+        "iscrowd": crowd,
+    }
 
 
 def test_missing_annotation_file_suggests_shapes(tmp_path):
@@ -106,7 +119,9 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 def test_annotation_with_missing_image_id(tmp_path):
     img, ann = _write_coco(tmp_path, [_image(1)], [_ann(7, 99, [1, 1, 5, 5])])
-    with pytest.raises(BadDataError, match=r"instances\.json: annotation id 7 references missing image id 99"):
+    with pytest.raises(
+        BadDataError, match=r"instances\.json: annotation id 7 references missing image id 99"
+    ):
         CocoInstances(img, ann)
 
 

@@ -15,7 +15,12 @@ from maskrcnn.evaluation import CocoEvaluator, detections_to_coco, gather_and_de
 @pytest.fixture(scope="module")
 def val_set(tmp_path_factory):
     root = ensure_shapes_dataset(
-        tmp_path_factory.mktemp("shapes") / "s", num_train=1, num_val=10, image_size=96, max_size=48, workers=1
+        tmp_path_factory.mktemp("shapes") / "s",
+        num_train=1,
+        num_val=10,
+        image_size=96,
+        max_size=48,
+        workers=1,
     )
     return CocoInstances(root / "val", root / "annotations" / "instances_val.json")
 
@@ -26,7 +31,12 @@ def _gt_as_detections(dataset, jitter=0.0):
     for i in range(len(dataset)):
         _, t = dataset[i]
         boxes = t["boxes"] + jitter
-        det = {"boxes": boxes, "scores": torch.ones(len(boxes)), "labels": t["labels"], "masks": t["masks"][:, None].float()}
+        det = {
+            "boxes": boxes,
+            "scores": torch.ones(len(boxes)),
+            "labels": t["labels"],
+            "masks": t["masks"][:, None].float(),
+        }
         b, s = detections_to_coco(t["image_id"], det, dataset.contiguous_to_category_id)
         bbox += b
         segm += s
@@ -37,7 +47,9 @@ def test_ground_truth_as_predictions_scores_ap_one(val_set):
     metrics = CocoEvaluator(val_set.annotation_file).evaluate(*_gt_as_detections(val_set))
     assert metrics["bbox/AP"] == pytest.approx(1.0)
     assert metrics["segm/AP"] == pytest.approx(1.0)
-    assert set(metrics) == {f"{k}/{m}" for k in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    assert set(metrics) == {
+        f"{k}/{m}" for k in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    }
 
 
 def test_shifted_predictions_score_lower(val_set):
@@ -62,8 +74,9 @@ def test_results_use_original_category_ids_and_one_rle_per_detection():
     bbox, segm = detections_to_coco(7, det, {1: 17, 2: 90})
     assert [r["category_id"] for r in bbox] == [90, 17]
     assert bbox[0]["bbox"] == [1.0, 2.0, 4.0, 6.0] and bbox[0]["image_id"] == 7
-    decoded = mask_utils.decode({"size": segm[0]["segmentation"]["size"],
-                                 "counts": segm[0]["segmentation"]["counts"].encode()})
+    decoded = mask_utils.decode(
+        {"size": segm[0]["segmentation"]["size"], "counts": segm[0]["segmentation"]["counts"].encode()}
+    )
     assert decoded.shape == (10, 12) and int(decoded.sum()) == 24
     json.dumps(segm)  # JSON-serialisable as written to segm_results.json
 

@@ -11,7 +11,9 @@ from maskrcnn.evaluating import evaluate
 from maskrcnn.training import train
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC_KEYS = [f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+METRIC_KEYS = [
+    f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,14 @@ def test_tensorboard_has_losses_lr_ap_and_pictures(align_run):
     out, _ = align_run
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("train/loss", "train/loss_mask", "train/loss_classifier", "train/loss_objectness",
-                "val/segm_AP", "val/bbox_AP75"):
+    for tag in (
+        "train/loss",
+        "train/loss_mask",
+        "train/loss_classifier",
+        "train/loss_objectness",
+        "val/segm_AP",
+        "val/bbox_AP75",
+    ):
         assert tag in scalars, (tag, sorted(scalars))
     assert any(tag.startswith("lr-SGD") for tag in scalars), sorted(scalars)
     assert len(events.Scalars("train/loss")) == 20, "losses are logged every step"
@@ -71,7 +79,9 @@ def test_tensorboard_has_losses_lr_ap_and_pictures(align_run):
 
 def test_evaluate_reproduces_training_metrics(compose_cfg, align_run, tmp_path):
     out, metrics = align_run
-    cfg = compose_cfg("evaluate", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}"])
+    cfg = compose_cfg(
+        "evaluate", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}"]
+    )
     result = evaluate(cfg)
     for key in METRIC_KEYS:
         assert result[key] == pytest.approx(metrics[key], abs=1e-9), key
@@ -99,8 +109,13 @@ def test_ddp_two_cpu_processes_one_run_dir_and_same_ap(align_run, data_dir, tmp_
     """2-process gloo DDP: training makes exactly one run dir; evaluation gathers all ranks exactly."""
     runs = tmp_path / "runs"
     proc = _cli(
-        "train.py", "experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        f"paths.data_dir={data_dir}", f"hydra.run.dir={runs}/ddp",
+        "train.py",
+        "experiment=smoke",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={runs}/ddp",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in runs.iterdir()] == ["ddp"]
@@ -108,8 +123,12 @@ def test_ddp_two_cpu_processes_one_run_dir_and_same_ap(align_run, data_dir, tmp_
 
     out, metrics = align_run
     proc = _cli(
-        "evaluate.py", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "trainer.accelerator=cpu",
-        "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={tmp_path}/eval",
+        "evaluate.py",
+        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "+trainer.strategy=ddp",
+        f"hydra.run.dir={tmp_path}/eval",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

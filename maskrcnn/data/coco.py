@@ -128,7 +128,9 @@ class CocoInstances(torch.utils.data.Dataset):
             ann_id = ann.get("id")
             k = id_to_index.get(ann.get("image_id"))
             if k is None:
-                raise BadDataError(f"{path}: annotation id {ann_id} references missing image id {ann.get('image_id')}")
+                raise BadDataError(
+                    f"{path}: annotation id {ann_id} references missing image id {ann.get('image_id')}"
+                )
             label = self.category_id_to_contiguous.get(ann.get("category_id"))
             if label is None:
                 raise BadDataError(
@@ -148,8 +150,11 @@ class CocoInstances(torch.utils.data.Dataset):
             segs.append(pickle.dumps(seg, protocol=pickle.HIGHEST_PROTOCOL))
         if dropped:
             shown = ", ".join(map(str, dropped[:20])) + (" ..." if len(dropped) > 20 else "")
-            warnings.warn(f"{path}: dropped {len(dropped)} annotation(s) with zero-area or negative boxes, "
-                          f"annotation ids: {shown}", stacklevel=3)
+            warnings.warn(
+                f"{path}: dropped {len(dropped)} annotation(s) with zero-area or negative boxes, "
+                f"annotation ids: {shown}",
+                stacklevel=3,
+            )
 
         # Sort annotations by image (stable, keeps file order within an image) -> per-image offsets.
         order = np.argsort(np.asarray(img_idx, dtype=np.int64), kind="stable")
@@ -188,13 +193,20 @@ class CocoInstances(torch.utils.data.Dataset):
                 rles.append(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
             elif kind == _RLE:
                 if tuple(seg["size"]) != (h, w):
-                    raise BadDataError(f"{self.annotation_file}: annotation id {self._ann_ids[a]}: RLE size "
-                                       f"{seg['size']} != image size {[h, w]}")
+                    raise BadDataError(
+                        f"{self.annotation_file}: annotation id {self._ann_ids[a]}: RLE size "
+                        f"{seg['size']} != image size {[h, w]}"
+                    )
                 if isinstance(seg["counts"], list):  # uncompressed RLE
                     rles.append(mask_utils.frPyObjects(seg, h, w))
                 else:
                     counts = seg["counts"]
-                    rles.append({"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts})
+                    rles.append(
+                        {
+                            "size": seg["size"],
+                            "counts": counts.encode() if isinstance(counts, str) else counts,
+                        }
+                    )
             else:  # no segmentation: fall back to the box
                 x0, y0, x1, y1 = self._boxes[a]
                 rles.append(mask_utils.frPyObjects([[x0, y0, x1 - x0, y1 - y0]], h, w)[0])
@@ -216,8 +228,10 @@ class CocoInstances(torch.utils.data.Dataset):
             warnings.warn(f"skipping bad image: {msg}", stacklevel=3)
             return None
         if arr.shape[:2] != (self.heights[i], self.widths[i]):
-            raise BadDataError(f"{path}: image id {self.image_ids[i]} is {arr.shape[1]}x{arr.shape[0]} (WxH), "
-                               f"annotation file {self.annotation_file} says {self.widths[i]}x{self.heights[i]}")
+            raise BadDataError(
+                f"{path}: image id {self.image_ids[i]} is {arr.shape[1]}x{arr.shape[0]} (WxH), "
+                f"annotation file {self.annotation_file} says {self.widths[i]}x{self.heights[i]}"
+            )
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:

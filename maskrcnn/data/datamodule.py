@@ -50,8 +50,10 @@ class InstanceDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.paths = {
-            "train images": Path(train_images), "train annotations": Path(train_annotations),
-            "val images": Path(val_images), "val annotations": Path(val_annotations),
+            "train images": Path(train_images),
+            "train annotations": Path(train_annotations),
+            "val images": Path(val_images),
+            "val annotations": Path(val_annotations),
         }
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.on_bad_image, self.shapes, self.flip_prob, self.seed = on_bad_image, shapes, flip_prob, seed
@@ -69,8 +71,10 @@ class InstanceDataModule(pl.LightningDataModule):
                 raise DatasetNotFoundError(dataset_not_found_message(what, path))
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = CocoInstances(
-                self.paths["train images"], self.paths["train annotations"],
-                RandomHorizontalFlip(self.flip_prob), self.on_bad_image,
+                self.paths["train images"],
+                self.paths["train annotations"],
+                RandomHorizontalFlip(self.flip_prob),
+                self.on_bad_image,
             )
         if self.val_dataset is None:
             self.val_dataset = CocoInstances(
@@ -85,13 +89,20 @@ class InstanceDataModule(pl.LightningDataModule):
     def _loader_options(self) -> dict[str, Any]:
         workers = self.num_workers
         return {
-            "num_workers": workers, "collate_fn": collate, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0,
+            "num_workers": workers,
+            "collate_fn": collate,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": workers > 0,
         }
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
         sampler = GroupedBatchSampler(
-            self.train_dataset.group_ids(), self.batch_size, shuffle=True, seed=self.seed, rank=rank,
+            self.train_dataset.group_ids(),
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            rank=rank,
             world_size=world,
         )
         if len(sampler) == 0:

@@ -56,7 +56,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     img += _upsample(rng.normal(0, 12, (size // 8 + 2, size // 8 + 2, 3)), size, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
     theta = rng.uniform(0, 2 * np.pi)
-    img += (rng.uniform(-40, 40, 3) * (np.cos(theta) * xx + np.sin(theta) * yy)[..., None])
+    img += rng.uniform(-40, 40, 3) * (np.cos(theta) * xx + np.sin(theta) * yy)[..., None]
     # Distractor stripes: straight, high-contrast edges that are not objects.
     for _ in range(rng.integers(0, 4)):
         t = rng.uniform(0, np.pi)
@@ -65,7 +65,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _shape_mask(cls: str, dx: np.ndarray, dy: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(
+    cls: str, dx: np.ndarray, dy: np.ndarray, radius: float, rng: np.random.Generator
+) -> np.ndarray:
     """Boolean mask of one shape on a grid of offsets (dx, dy) from its centre; ``radius`` is half its extent."""
     if cls in ("square", "diamond"):
         # Near axis-aligned, so square and diamond stay distinct (a 45-degree square would be a diamond).
@@ -102,8 +104,14 @@ def _shape_mask(cls: str, dx: np.ndarray, dy: np.ndarray, radius: float, rng: np
 
 
 def _render_image(
-    seed: int, split: str, index: int, image_size: int, min_size: float, max_size: float,
-    max_objects: int, min_visible: float,
+    seed: int,
+    split: str,
+    index: int,
+    image_size: int,
+    min_size: float,
+    max_size: float,
+    max_objects: int,
+    min_visible: float,
 ) -> tuple[np.ndarray, list[dict]]:
     """One image: uint8 [S, S, 3] and its instances (category_id, visible mask [S, S] bool), paint order."""
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
@@ -129,8 +137,15 @@ def _render_image(
             if np.linalg.norm(colour - local) > 90:
                 break
         shade = rng.uniform(-25, 25, 3)[None, :] * ((dx[patch] - cx) / extent)[:, None]
-        objects.append({"category_id": cls_idx + 1, "full": full, "box": (y0, y1, x0, x1),
-                        "pixels": colour + shade, "patch": patch})
+        objects.append(
+            {
+                "category_id": cls_idx + 1,
+                "full": full,
+                "box": (y0, y1, x0, x1),
+                "pixels": colour + shade,
+                "patch": patch,
+            }
+        )
 
     # Occlusion: later objects cover earlier ones. Drop an instance whose visible part is < min_visible of
     # its full area and do not paint it, so every visible object pixel belongs to an annotated instance.
@@ -141,7 +156,7 @@ def _render_image(
         return [owner == i for i in range(len(objs))]
 
     vis = visible_masks(objects)
-    objects = [o for o, v in zip(objects, vis) if v.sum() >= min_visible * o["full"].sum() and v.any()]
+    objects = [o for o, v in zip(objects, vis, strict=True) if v.sum() >= min_visible * o["full"].sum() and v.any()]
     vis = visible_masks(objects)  # removing occluders only grows the others' visible parts
     for o in objects:
         y0, y1, x0, x1 = o["box"]
@@ -149,13 +164,21 @@ def _render_image(
         region[o["patch"]] = o["pixels"]
     img += rng.normal(0, 6, img.shape)
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return img, [{"category_id": o["category_id"], "mask": v} for o, v in zip(objects, vis)]
+    return img, [{"category_id": o["category_id"], "mask": v} for o, v in zip(objects, vis, strict=True)]
 
 
 def _generate_one(index: int, *, out_dir: Path, split: str, params: dict) -> tuple[int, str, list[dict]]:
     """Render, write the PNG and encode masks (one batched ``mask.encode``); returns COCO annotation stubs."""
-    img, instances = _render_image(params["seed"], split, index, params["image_size"], params["min_size"],
-                                   params["max_size"], params["max_objects"], params["min_visible"])
+    img, instances = _render_image(
+        params["seed"],
+        split,
+        index,
+        params["image_size"],
+        params["min_size"],
+        params["max_size"],
+        params["max_objects"],
+        params["min_visible"],
+    )
     file_name = f"{index:06d}.png"
     Image.fromarray(img).save(out_dir / file_name)
     anns = []
@@ -163,14 +186,19 @@ def _generate_one(index: int, *, out_dir: Path, split: str, params: dict) -> tup
         stack = np.asfortranarray(np.stack([inst["mask"] for inst in instances], axis=-1).astype(np.uint8))
         rles = mask_utils.encode(stack)
         areas, boxes = mask_utils.area(rles), mask_utils.toBbox(rles)
-        for inst, rle, area, box in zip(instances, rles, areas, boxes):
-            anns.append({
-                "category_id": inst["category_id"],
-                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                "area": float(area),
-                "bbox": [float(b) for b in box],
-                "iscrowd": 0,
-            })
+        for inst, rle, area, box in zip(instances, rles, areas, boxes, strict=True):
+            anns.append(
+                {
+                    "category_id": inst["category_id"],
+                    "segmentation": {
+                        "size": [int(s) for s in rle["size"]],
+                        "counts": rle["counts"].decode("ascii"),
+                    },
+                    "area": float(area),
+                    "bbox": [float(b) for b in box],
+                    "iscrowd": 0,
+                }
+            )
     return index, file_name, anns
 
 
@@ -194,7 +222,9 @@ def _generate_split(split: str, num_images: int, tmp_root: Path, params: dict, w
         "info": {"description": "synthetic shapes", "generator_version": GENERATOR_VERSION},
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)],
+        "categories": [
+            {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)
+        ],
     }
     (tmp_root / "annotations").mkdir(exist_ok=True)
     with open(tmp_root / "annotations" / f"instances_{split}.json", "w") as f:
@@ -229,20 +259,34 @@ def ensure_shapes_dataset(
     Returns ``root`` as a Path.
     """
     root = Path(root)
-    spec = {"generator_version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
-            "image_size": int(image_size), "seed": int(seed), "min_size": float(min_size),
-            "max_size": float(max_size), "max_objects": int(max_objects), "min_visible": float(min_visible)}
+    spec = {
+        "generator_version": GENERATOR_VERSION,
+        "num_train": int(num_train),
+        "num_val": int(num_val),
+        "image_size": int(image_size),
+        "seed": int(seed),
+        "min_size": float(min_size),
+        "max_size": float(max_size),
+        "max_objects": int(max_objects),
+        "min_visible": float(min_visible),
+    }
     if not 0 < min_size <= max_size <= image_size:
-        raise ValueError(f"need 0 < min_size <= max_size <= image_size, got {min_size}, {max_size}, {image_size}")
+        raise ValueError(
+            f"need 0 < min_size <= max_size <= image_size, got {min_size}, {max_size}, {image_size}"
+        )
     if _read_spec(root) == spec:
         return root
     if root.exists() and any(root.iterdir()) and _read_spec(root) is None:
-        raise FileExistsError(f"{root} exists, is not empty and has no shapes spec.json; refusing to overwrite it")
+        raise FileExistsError(
+            f"{root} exists, is not empty and has no shapes spec.json; refusing to overwrite it"
+        )
 
     workers = workers or min(os.cpu_count() or 1, 8)
     t0 = time.perf_counter()
-    print(f"[shapes] generating {num_train} train + {num_val} val images ({image_size}px) into {root} ...",
-          flush=True)
+    print(
+        f"[shapes] generating {num_train} train + {num_val} val images ({image_size}px) into {root} ...",
+        flush=True,
+    )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
