@@ -6,7 +6,9 @@ level (as MultiScaleRoIAlign does). Outputs 7x7 (box head) and 14x14 (mask head)
 
     python -m bench.roi_ops --device cpu --dtype float32 --repeat 3
 
-Prints a table (ms, speed-up = torchvision / ours) and writes bench/results/roi_ops_<device>.json.
+Prints a table (ms, speed-up = torchvision / ours) and writes bench/results/roi_ops_<device>.json
+(roi_ops_<device>_<dtype>.json for dtypes other than float32). Boxes are float32 for bfloat16 features
+(as under autocast; ``ops`` uses them in float32) and in the feature dtype for torchvision, which needs that.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def make_workload(device, dtype, channels=256, images=2, rois_per_image=512, see
     rois = torch.cat(boxes)
     area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
     lvl = torch.floor(4 + torch.log2(area.clamp(min=1e-6).sqrt() / 224) + 1e-6).clamp(2, 5).long() - 2
-    per_level = [rois[lvl == i].to(device=device, dtype=dtype) for i in range(len(STRIDES))]
+    per_level = [rois[lvl == i].to(device=device) for i in range(len(STRIDES))]
     return feats, per_level
 
 
@@ -82,13 +84,15 @@ def cases():
             yield (
                 f"roi_align avg aligned {out}x{out} sr={sr}",
                 lambda x, r, s, out=out, sr=sr: ops.roi_align(x, r, out, s, sr, aligned=True),
-                lambda x, r, s, out=out, sr=sr: torchvision.ops.roi_align(x, r, out, s, sr, aligned=True),
+                lambda x, r, s, out=out, sr=sr: torchvision.ops.roi_align(
+                    x, r.to(x.dtype), out, s, sr, aligned=True
+                ),
             )
     for out in (7, 14):
         yield (
             f"roi_pool {out}x{out}",
             lambda x, r, s, out=out: ops.roi_pool(x, r, out, s),
-            lambda x, r, s, out=out: torchvision.ops.roi_pool(x, r, out, s),
+            lambda x, r, s, out=out: torchvision.ops.roi_pool(x, r.to(x.dtype), out, s),
         )
 
 
@@ -168,7 +172,9 @@ def main(argv=None):
         rows.append(row)
         print(f"{name:38s} {o_f:9.1f} {t_f:9.1f} {t_f / o_f:6.2f} {o_fb:9.1f} {t_fb:9.1f} {t_fb / o_fb:6.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"roi_ops_{args.device}.json"
+    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+    out = Path(args.out) if args.out else RESULTS / f"roi_ops_{args.device}{suffix}.json"
+    info["load_average_at_end"] = os.getloadavg()
     result = {
         "device": args.device,
         "dtype": args.dtype,

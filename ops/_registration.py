@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import _extension
+from ._validation import coord_dtype
 
 _extension.load()
 
@@ -17,12 +18,20 @@ _ops = torch.ops.roi_ops
 
 # ---------------------------------------------------------------------------------------------------
 # Fake kernels: output [K, C, ph, pw] in the input dtype, argmax int32 ([0] for the avg modes).
+# rois come in the input dtype or in its coordinate dtype (float32 for float16/bfloat16), like the kernels.
+def _check_rois_dtype(x, rois, what):
+    torch._check(
+        rois.dtype in (x.dtype, coord_dtype(x.dtype)),
+        lambda: f"rois must have the dtype of {what} ({x.dtype}) or {coord_dtype(x.dtype)}, got {rois.dtype}",
+    )
+
+
 def _fake_forward(input, rois, pooled_height, pooled_width, has_argmax: bool):
     torch._check(input.dim() == 4, lambda: f"input must be [N, C, H, W], got {tuple(input.shape)}")
     torch._check(
         rois.dim() == 2 and rois.shape[1] == 5, lambda: f"rois must be [K, 5], got {tuple(rois.shape)}"
     )
-    torch._check(rois.dtype == input.dtype, lambda: "input and rois must have the same dtype")
+    _check_rois_dtype(input, rois, "input")
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     out = input.new_empty(shape)
     argmax = input.new_empty(shape if has_argmax else (0,), dtype=torch.int32)
@@ -44,7 +53,8 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
     return _fake_forward(input, rois, pooled_height, pooled_width, True)
 
 
-def _fake_backward(grad, batch_size, channels, height, width):
+def _fake_backward(grad, rois, batch_size, channels, height, width):
+    _check_rois_dtype(grad, rois, "grad")
     return grad.new_empty((batch_size, channels, height, width))
 
 
@@ -64,7 +74,7 @@ def _(
     aligned,
     max_mode,
 ):
-    return _fake_backward(grad, batch_size, channels, height, width)
+    return _fake_backward(grad, rois, batch_size, channels, height, width)
 
 
 @torch.library.register_fake("roi_ops::roi_warp_backward")
@@ -82,12 +92,12 @@ def _(
     sampling_ratio,
     max_mode,
 ):
-    return _fake_backward(grad, batch_size, channels, height, width)
+    return _fake_backward(grad, rois, batch_size, channels, height, width)
 
 
 @torch.library.register_fake("roi_ops::roi_pool_backward")
 def _(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width):
-    return _fake_backward(grad, batch_size, channels, height, width)
+    return _fake_backward(grad, rois, batch_size, channels, height, width)
 
 
 # ---------------------------------------------------------------------------------------------------

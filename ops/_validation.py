@@ -46,8 +46,23 @@ def check_scalars(spatial_scale, sampling_ratio=None) -> tuple[float, int | None
     return float(spatial_scale), (None if sampling_ratio is None else int(sampling_ratio))
 
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def coord_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the box coordinates are used in for an input of ``dtype``.
+
+    float32 for float16/bfloat16 input (bfloat16 rounds a corner near 1000 px to a multiple of 4 px, float16
+    to a multiple of 0.5 px: exactly the misalignment RoIAlign removes); the input dtype otherwise.
+    """
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
 def to_rois(input: Tensor, boxes, op: str) -> Tensor:
-    """Checks ``input`` and converts ``boxes`` (Tensor[K, 5] or list of Tensor[L, 4]) to rois [K, 5]."""
+    """Checks ``input`` and converts ``boxes`` (Tensor[K, 5] or list of Tensor[L, 4]) to rois [K, 5].
+
+    The rois come back in :func:`coord_dtype` of the input (boxes of any floating dtype are cast to it).
+    """
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
     if input.dim() != 4:
@@ -62,7 +77,7 @@ def to_rois(input: Tensor, boxes, op: str) -> Tensor:
                 f"got a tensor of shape {tuple(boxes.shape)}"
             )
         _check_box_tensor(input, boxes, op, "boxes")
-        rois = boxes
+        rois = boxes.to(coord_dtype(input.dtype))
     elif isinstance(boxes, (list, tuple)):
         if len(boxes) == 0:
             raise ValueError(f"{op}: boxes is an empty list; pass one Tensor[L, 4] per image")
@@ -71,10 +86,11 @@ def to_rois(input: Tensor, boxes, op: str) -> Tensor:
                 shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
                 raise ValueError(f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {shape}")
             _check_box_tensor(input, b, op, f"boxes[{i}]")
+        dtype = coord_dtype(input.dtype)
         idx = torch.cat(
-            [torch.full((b.shape[0], 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
+            [torch.full((b.shape[0], 1), i, dtype=dtype, device=b.device) for i, b in enumerate(boxes)]
         )
-        rois = torch.cat([idx, torch.cat(list(boxes))], dim=1)
+        rois = torch.cat([idx, torch.cat([b.to(dtype) for b in boxes])], dim=1)
     else:
         raise TypeError(
             f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
@@ -88,10 +104,10 @@ def to_rois(input: Tensor, boxes, op: str) -> Tensor:
 def _check_box_tensor(input: Tensor, b: Tensor, op: str, name: str) -> None:
     if b.device != input.device:
         raise ValueError(f"{op}: device mismatch: {name} is on {b.device} but input is on {input.device}")
-    if b.dtype != input.dtype:
+    if not b.is_floating_point():
         raise TypeError(
-            f"{op}: {name} has dtype {b.dtype} but input has dtype {input.dtype}; "
-            "convert with .to(input.dtype)"
+            f"{op}: {name} must be a floating point tensor, got dtype {b.dtype}; "
+            f"convert with .to({coord_dtype(input.dtype)})"
         )
 
 

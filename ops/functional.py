@@ -5,7 +5,11 @@ Shapes: N images, C channels, H x W feature map, K RoIs, output ph x pw.
 * ``input``: Tensor[N, C, H, W] (any memory layout; float64/float32/float16/bfloat16).
 * ``boxes``: Tensor[K, 5] rows ``(batch_idx, x1, y1, x2, y2)``, or a list of N Tensor[L_i, 4] rows
   ``(x1, y1, x2, y2)`` (one per image), exactly as ``torchvision.ops`` takes them, in input-image coordinates
-  and in the input's dtype and device.
+  and on the input's device. Any floating dtype: for float32/float64 input the boxes are cast to the input
+  dtype; for float16/bfloat16 input they are used in float32 (pass float32 boxes; half/bfloat16 boxes are
+  upcast). Rounding to bfloat16 would snap a corner near x = 1000 px to a multiple of 4 px, the very
+  misalignment RoIAlign exists to remove, so the geometry never runs in the low-precision dtype. This is
+  also what ``torch.autocast`` produces: bfloat16 features with float32 boxes.
 * returns Tensor[K, C, ph, pw] in the input's dtype; differentiable w.r.t. ``input``.
 """
 

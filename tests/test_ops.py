@@ -364,6 +364,20 @@ def test_autocast_bf16():
         conv.zero_grad()
 
 
+def test_large_outputs_huge_page_buffers():
+    """Outputs / gradients >= 4 MiB come from the huge-page allocator; they must behave like any tensor."""
+    x = torch.randn(2, 256, 64, 64)  # grad_input 8 MiB
+    rois = make_rois(48, 2, 64, 64, torch.float32, seed=14)  # output 48 * 256 * 14 * 14 * 4 B = 9.6 MB
+    ours = run(ops.roi_pool, x, rois, 14)
+    ref = run(torchvision.ops.roi_pool, x, rois, 14)
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+    out = ops.roi_align(x, rois, 14, 1.0, 2, True)
+    torch.testing.assert_close(out, torchvision.ops.roi_align(x, rois, 14, 1.0, 2, True), rtol=1e-5, atol=1e-5)
+    out.resize_(2 * out.numel())  # resizable storage (a regular allocator)
+    out.fill_(1.0)
+    assert out.sum().item() == out.numel()
+
+
 @pytest.mark.parametrize("op,mode,aligned", CASES)
 def test_memory_layouts(op, mode, aligned):
     x = torch.randn(2, 4, 9, 11)

@@ -267,3 +267,27 @@ def test_opcheck_cuda():
     torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, SCALE, 7, 6, -1, False, True))
     torch.library.opcheck(torch.ops.roi_ops.roi_warp_forward, (x, rois, SCALE, 7, 6, 2, True))
     torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, SCALE, 7, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("kind", "kw"), CASES, ids=CASE_IDS)
+def test_low_precision_float32_boxes_matches_cpu(kind, kw, dtype):
+    """Half/bf16 input with float32 boxes (the contract): the CUDA kernels read the rois as float32."""
+    x, _ = make_case(dtype)
+    _, rois = make_case(torch.float32)
+    rois[:, 1:] += 0.37  # off the bf16 grid
+    fn = ours(kind, **kw)
+    out_c, gi_c = run(fn, x, rois)
+    out_g, gi_g = run(fn, x.cuda(), rois.cuda())
+    assert_close_max(out_g, out_c, kw, *TOL[dtype])
+    assert_close_max(gi_g, gi_c, kw, *GRAD_TOL[dtype])
+
+
+def test_opcheck_cuda_bf16_float32_rois():
+    x, _ = make_case(torch.bfloat16, C=4, K=6)
+    _, rois = make_case(torch.float32, C=4, K=6)
+    x, rois = x.cuda(), rois.cuda()
+    torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, SCALE, 7, 6, 2, True, False))
+    torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, SCALE, 7, 6))
+    with pytest.raises(RuntimeError, match="rois must have the dtype"):
+        torch.ops.roi_ops.roi_pool_forward(x, rois.double(), SCALE, 7, 6)

@@ -1,7 +1,8 @@
 // roi_ops CUDA kernels: RoIAlign, RoIWarp and RoIPool, forward and backward.
 // Registered with TORCH_LIBRARY_IMPL(roi_ops, CUDA, m); the schemas live in ../roi_ops.cpp.
 //
-// Shapes: input [N, C, H, W], rois [K, 5] = (batch_idx, x1, y1, x2, y2) in the input dtype,
+// Shapes: input [N, C, H, W], rois [K, 5] = (batch_idx, x1, y1, x2, y2) in the input dtype or in the
+//         coordinate type (float32 for half/bfloat16 input); the host converts them to T before launching,
 //         output / argmax / grad [K, C, PH, PW] (contiguous), grad_input [N, C, H, W] (contiguous).
 // All geometry (boxes, sample positions, bilinear weights, RoIPool bins) comes from ../roi_geometry.h,
 // the same code the CPU kernels use. Math runs in T = at::opmath_type<scalar_t> (float for
@@ -86,13 +87,13 @@ struct RoiGeom {
   int64_t n;
 };
 
-template <typename scalar_t, typename T>
-__device__ __forceinline__ RoiGeom<T> roi_geom(const scalar_t* __restrict__ r, T scale, int64_t PH, int64_t PW,
+template <typename T>
+__device__ __forceinline__ RoiGeom<T> roi_geom(const T* __restrict__ r, T scale, int64_t PH, int64_t PW,
                                                int64_t sampling_ratio, bool aligned, bool warp, int64_t N) {
   RoiGeom<T> g;
-  g.n = roi_batch<T>(static_cast<T>(r[0]), N);
-  const T x1 = static_cast<T>(r[1]), y1 = static_cast<T>(r[2]);
-  const T x2 = static_cast<T>(r[3]), y2 = static_cast<T>(r[4]);
+  g.n = roi_batch<T>(r[0], N);
+  const T x1 = r[1], y1 = r[2];
+  const T x2 = r[3], y2 = r[4];
   if (warp) {
     g.y = warp_axis<T>(y1, y2, scale, PH, sampling_ratio);
     g.x = warp_axis<T>(x1, x2, scale, PW, sampling_ratio);
@@ -142,7 +143,7 @@ __device__ __forceinline__ void atomic_add(T* p, T v) {
 template <typename scalar_t>
 struct SampledFwdArgs {
   const scalar_t* input;
-  const scalar_t* rois;
+  const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
   scalar_t* out;
   int32_t* argmax;  // nullptr in avg mode
   int64_t total;    // number of threads' work items
@@ -177,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) sampled_forward_kernel(const Sampled
       c = t % a.C;
       k = t / a.C;
     }
-    const RoiGeom<T> g = roi_geom<scalar_t, T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
+    const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
                                                a.sampling_ratio, a.aligned, a.warp, a.N);
     int y0 = 0, y1 = 0, x0 = 0, x1 = 0;
     if (g.n >= 0) {
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) sampled_forward_kernel(const Sampled
 template <typename scalar_t>
 struct PoolFwdArgs {
   const scalar_t* input;
-  const scalar_t* rois;
+  const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
   scalar_t* out;
   int32_t* argmax;
   int64_t total;
@@ -287,13 +288,13 @@ __global__ void __launch_bounds__(kThreads) pool_forward_kernel(const PoolFwdArg
       c = t % a.C;
       k = t / a.C;
     }
-    const scalar_t* r = a.rois + k * 5;
+    const T* r = a.rois + k * 5;
     const T s = static_cast<T>(a.scale);
-    const int64_t n = roi_batch<T>(static_cast<T>(r[0]), a.N);
+    const int64_t n = roi_batch<T>(r[0], a.N);
     int64_t hs = 0, he = 0, ws = 0, we = 0;
     if (n >= 0) {
-      const PoolAxis ay = pool_axis<T>(static_cast<T>(r[2]), static_cast<T>(r[4]), s);
-      const PoolAxis ax = pool_axis<T>(static_cast<T>(r[1]), static_cast<T>(r[3]), s);
+      const PoolAxis ay = pool_axis<T>(r[2], r[4], s);
+      const PoolAxis ax = pool_axis<T>(r[1], r[3], s);
       pool_bin<T>(ay, a.PH, ph, a.H, &hs, &he);
       pool_bin<T>(ax, a.PW, pw, a.W, &ws, &we);
     }
@@ -334,7 +335,7 @@ template <typename scalar_t>
 struct BwdArgs {
   const scalar_t* grad;
   const int32_t* argmax;  // nullptr in avg mode
-  const scalar_t* rois;
+  const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
   at::opmath_type<scalar_t>* acc;
   int64_t total;
   int64_t K, N, C, H, W, PH, PW, sampling_ratio;
@@ -355,7 +356,7 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_atomic_kernel(const
     t /= a.PW;
     const int64_t ph = t % a.PH;
     const int64_t k = t / a.PH;
-    const RoiGeom<T> g = roi_geom<scalar_t, T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
+    const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
                                                a.sampling_ratio, a.aligned, a.warp, a.N);
     if (g.n < 0) continue;
     const T gv = static_cast<T>(a.grad[item]);
@@ -464,7 +465,7 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_gather_kernel(const
     T* acc = a.acc + ((n * a.H + y) * a.W) * a.C + c;  // pixel x of the owned row is acc[x * C]
     const int64_t PP = a.PH * a.PW;
     for (int64_t k = 0; k < a.K; ++k) {
-      const RoiGeom<T> g = roi_geom<scalar_t, T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
+      const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
                                                  a.sampling_ratio, a.aligned, a.warp, a.N);
       if (g.n != n) continue;
       if (!axis_may_touch<T>(g.y, a.PH, y, y + 1) || !axis_may_touch<T>(g.x, a.PW, xa, xb)) continue;
@@ -536,7 +537,7 @@ __global__ void __launch_bounds__(kThreads) pool_backward_atomic_kernel(const Bw
     if (idx < 0 || idx >= a.H * a.W) continue;
     const int64_t c = item % a.C;
     const int64_t k = item / (a.C * a.PH * a.PW);
-    const int64_t n = roi_batch<T>(static_cast<T>(a.rois[k * 5]), a.N);
+    const int64_t n = roi_batch<T>(a.rois[k * 5], a.N);
     if (n < 0) continue;
     atomic_add(a.acc + (n * a.H * a.W + idx) * a.C + c, static_cast<T>(a.grad[item]));
   }
@@ -560,12 +561,12 @@ __global__ void __launch_bounds__(kThreads) pool_backward_gather_kernel(const Bw
     const int64_t PP = a.PH * a.PW;
     const T s = static_cast<T>(a.scale);
     for (int64_t k = 0; k < a.K; ++k) {
-      const scalar_t* r = a.rois + k * 5;
-      if (roi_batch<T>(static_cast<T>(r[0]), a.N) != n) continue;
-      const PoolAxis ay = pool_axis<T>(static_cast<T>(r[2]), static_cast<T>(r[4]), s);
+      const T* r = a.rois + k * 5;
+      if (roi_batch<T>(r[0], a.N) != n) continue;
+      const PoolAxis ay = pool_axis<T>(r[2], r[4], s);
       // Bins lie in [start, start + size], the end inclusive since ceil((b + 1) * bin) may round up.
       if (y < ay.start || y > ay.start + ay.size) continue;
-      const PoolAxis ax = pool_axis<T>(static_cast<T>(r[1]), static_cast<T>(r[3]), s);
+      const PoolAxis ax = pool_axis<T>(r[1], r[3], s);
       if (xb <= ax.start || xa > ax.start + ax.size) continue;
       const scalar_t* gk = a.grad + k * PP * a.C + c;
       const int32_t* ak = a.argmax + k * PP * a.C + c;
@@ -594,14 +595,23 @@ int64_t num_blocks(int64_t total) {
   return b < cap ? (b > 0 ? b : 1) : cap;
 }
 
+// Coordinate (and accumulation) type of the rois for a given input dtype: double for double, else float.
+at::ScalarType coord_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// rois come in the input dtype or in its coordinate type (float32 for half/bfloat16 input).
+void check_rois_dtype(const Tensor& x, const Tensor& rois, const char* what, const char* op) {
+  const at::ScalarType t = x.scalar_type(), r = rois.scalar_type();
+  TORCH_CHECK(r == t || r == coord_type(t), op, ": rois must have the dtype of ", what, " (", t, ") or ",
+              coord_type(t), ", got ", r);
+}
+
 void check_forward(const Tensor& input, const Tensor& rois, int64_t ph, int64_t pw, const char* op) {
   TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor");
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W], got ", input.sizes());
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
   TORCH_CHECK(input.device() == rois.device(), op, ": input (", input.device(), ") and rois (", rois.device(),
               ") must be on the same device");
-  TORCH_CHECK(input.scalar_type() == rois.scalar_type(), op, ": input (", input.scalar_type(), ") and rois (",
-              rois.scalar_type(), ") must have the same dtype");
+  check_rois_dtype(input, rois, "input", op);
   TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
 }
 
@@ -610,8 +620,7 @@ void check_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax
   TORCH_CHECK(grad.is_cuda(), op, ": grad must be a CUDA tensor");
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
   TORCH_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
-  TORCH_CHECK(grad.scalar_type() == rois.scalar_type(), op, ": grad (", grad.scalar_type(), ") and rois (",
-              rois.scalar_type(), ") must have the same dtype");
+  check_rois_dtype(grad, rois, "grad", op);
   TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
   TORCH_CHECK(N >= 0 && C >= 0 && H >= 0 && W >= 0, op, ": negative input size");
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == C && grad.size(2) == ph &&
@@ -654,12 +663,13 @@ std::tuple<Tensor, Tensor> sampled_forward(const Tensor& input_, const Tensor& r
   if (output.numel() == 0) return {output, argmax};
   bool nhwc = false;
   const Tensor input = prepare_input(input_, &nhwc);
-  const Tensor rois = rois_.contiguous();
+  const Tensor rois = rois_.to(coord_type(input.scalar_type())).contiguous();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_sampled_forward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
     SampledFwdArgs<scalar_t> a;
     a.input = input.const_data_ptr<scalar_t>();
-    a.rois = rois.const_data_ptr<scalar_t>();
+    a.rois = rois.const_data_ptr<T>();
     a.out = output.mutable_data_ptr<scalar_t>();
     a.argmax = max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     a.N = N;
@@ -715,8 +725,8 @@ Tensor run_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argm
   // Channel-last views of grad / argmax so that channel-fastest threads read them coalesced.
   const Tensor grad = grad_.permute({0, 2, 3, 1}).contiguous();
   const Tensor argmax = need_argmax ? argmax_.permute({0, 2, 3, 1}).contiguous() : Tensor();
-  const Tensor rois = rois_.contiguous();
-  const at::ScalarType acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType acc_type = coord_type(grad.scalar_type());
+  const Tensor rois = rois_.to(acc_type).contiguous();
   Tensor acc = at::zeros({N, H, W, C}, grad.options().dtype(acc_type));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_backward_cuda", [&] {
@@ -724,7 +734,7 @@ Tensor run_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argm
     BwdArgs<scalar_t> a;
     a.grad = grad.const_data_ptr<scalar_t>();
     a.argmax = need_argmax ? argmax.const_data_ptr<int32_t>() : nullptr;
-    a.rois = rois.const_data_ptr<scalar_t>();
+    a.rois = rois.const_data_ptr<T>();
     a.acc = acc.mutable_data_ptr<T>();
     a.K = K;
     a.N = N;
@@ -806,12 +816,13 @@ std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input_, const Ten
   if (output.numel() == 0) return {output, argmax};
   bool nhwc = false;
   const Tensor input = prepare_input(input_, &nhwc);
-  const Tensor rois = rois_.contiguous();
+  const Tensor rois = rois_.to(coord_type(input.scalar_type())).contiguous();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
     PoolFwdArgs<scalar_t> a;
     a.input = input.const_data_ptr<scalar_t>();
-    a.rois = rois.const_data_ptr<scalar_t>();
+    a.rois = rois.const_data_ptr<T>();
     a.out = output.mutable_data_ptr<scalar_t>();
     a.argmax = argmax.mutable_data_ptr<int32_t>();
     a.total = output.numel();
