@@ -65,6 +65,9 @@ def random_rois(num: int, image_size: int, margin: float, seed: int,
                 min_size: float = 8.0, max_size: float = 512.0) -> Tensor:
     """[num, 5] float64 (batch 0, x1, y1, x2, y2): sides log-uniform in [min_size, max_size], kept `margin`
     px inside the image so no sample of any op reaches the border (where bilinear clamping bends the ramp)."""
+    max_size = min(max_size, image_size - 2 * margin)  # every RoI must fit inside the margins
+    if max_size < min_size:
+        raise ValueError(f"image_size={image_size} leaves no room for {min_size} px RoIs with margin {margin}")
     g = torch.Generator().manual_seed(seed)
     log_lo, log_hi = math.log(min_size), math.log(max_size)
     wh = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(num, 2, generator=g, dtype=torch.float64))
@@ -129,7 +132,15 @@ def markdown(table: dict[str, dict[int, dict[str, float]]], args: argparse.Names
     for op, row in table.items():
         lines.append(f"| {op} | " + " | ".join(f"{row[s]['mean']:.2f} ± {row[s]['std']:.2f}" for s in strides)
                      + " |")
-    return "\n".join(lines) + "\n"
+    notes = []
+    if "pool" in table:
+        ratios = [table["pool"][s]["mean_over_stride"] for s in strides]
+        notes.append(f"- RoIPool's error is {min(ratios):.2f}-{max(ratios):.2f} strides at every stride: it grows "
+                     "with the feature cell (rounding, plus the +1 cell of its size).")
+    if "align" in table:
+        worst = max(table["align"][s]["max"] for s in strides)
+        notes.append(f"- RoIAlign (aligned=True): largest single-bin error {worst:.1e} px (float32 rounding).")
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def plot(table: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
@@ -139,13 +150,16 @@ def plot(table: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
-    styles = {"pool": ("#d62728", "s"), "warp": ("#ff7f0e", "^"), "warp_avg": ("#bcbd22", "v"),
-              "align_legacy": ("#9467bd", "D"), "align_max": ("#17becf", "P"), "align": ("#1f77b4", "o")}
-    for op, row in table.items():
+    styles = {"pool": ("#d62728", "s", "-"), "warp": ("#ff7f0e", "^", "-"), "warp_avg": ("#bcbd22", "v", "--"),
+              "align_legacy": ("#9467bd", "D", "-"), "align_max": ("#17becf", "P", "--"),
+              "align": ("#1f77b4", "o", "-")}
+    for k, (op, row) in enumerate(table.items()):
         strides = list(row)
-        color, marker = styles.get(op, ("gray", "o"))
-        ax.errorbar(strides, [row[s]["mean"] for s in strides], yerr=[row[s]["std"] for s in strides],
-                    label=op, color=color, marker=marker, capsize=3, lw=1.8, ms=5)
+        color, marker, ls = styles.get(op, ("gray", "o", "-"))
+        # Dodge each op sideways (log axis) so coinciding curves (warp/warp_avg, align/align_max) stay visible.
+        xs = [s * 2 ** (0.04 * (k - (len(table) - 1) / 2)) for s in strides]
+        ax.errorbar(xs, [row[s]["mean"] for s in strides], yerr=[row[s]["std"] for s in strides],
+                    label=op, color=color, marker=marker, ls=ls, capsize=3, lw=1.6, ms=5)
     ax.set_xscale("log", base=2)
     ax.set_xticks(strides, [str(s) for s in strides])
     ax.set_xlabel("feature stride (px)")
