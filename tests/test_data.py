@@ -200,3 +200,27 @@ def test_grouped_batches_share_aspect_and_shard_disjointly():
     assert list(sampler) == first, "same epoch, same order"
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+def test_lightning_reaches_the_batch_samplers_epoch():
+    # Lightning calls set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler only.
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    loader = torch.utils.data.DataLoader(range(40), batch_sampler=GroupedBatchSampler(np.zeros(40), 4, seed=1))
+    first = [b.tolist() for b in loader]
+    _set_sampler_epoch(loader, 1)
+    second = [b.tolist() for b in loader]
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(40))
+    assert first != second, "a new epoch reshuffles"
+
+
+def test_flip_draws_from_its_generator():
+    image = torch.zeros(3, 4, 6)
+    target = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "masks": torch.zeros(1, 4, 6, dtype=torch.uint8)}
+
+    def draws(seed):
+        flip = RandomHorizontalFlip(0.5, generator=torch.Generator().manual_seed(seed))
+        return [flip(image, target)[1]["boxes"][0, 0].item() for _ in range(16)]
+
+    assert draws(0) == draws(0)
+    assert set(draws(0)) == {0.0, 4.0}, "both outcomes occur in 16 draws"

@@ -8,6 +8,27 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
+class EpochOrder(Sampler[int]):
+    """The epoch's image order, permuted from (seed, epoch). It is the batch sampler's `.sampler` because
+    Lightning calls `set_epoch` on `dataloader.sampler` and `dataloader.batch_sampler.sampler`, never on the
+    batch sampler itself."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int) -> None:
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.arange(self.n)
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class GroupedBatchSampler(Sampler[list[int]]):
     """Batches whose images share an aspect-ratio group (landscape / portrait), so padding stays small.
 
@@ -34,18 +55,15 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.group_ids = np.asarray(group_ids, dtype=np.int64)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = 0
+        self.sampler = EpochOrder(len(self.group_ids), shuffle, seed)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def _all_batches(self) -> list[list[int]]:
-        order = np.arange(len(self.group_ids))
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
         batches: list[list[int]] = []
         pending: dict[int, list[int]] = {}
-        for index in order.tolist():
+        for index in self.sampler:
             group = pending.setdefault(int(self.group_ids[index]), [])
             group.append(index)
             if len(group) == self.batch_size:
