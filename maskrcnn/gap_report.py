@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -53,7 +54,7 @@ def load_runs(dirs: list[Path]) -> list[dict]:
             "train_minutes": data.get("train_minutes"),
             "steps": data.get("steps"),
             "device": data.get("device"),
-            "run_dir": str(path.parent),
+            "run_dir": os.path.relpath(path.parent),
         })
     return runs
 
