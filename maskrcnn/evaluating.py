@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.evaluation import write_results
 from maskrcnn.lit import MaskRCNNModule
 
 
@@ -42,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         for kind in ("bbox", "segm"):
-            (output_dir / f"{kind}_results.json").write_text(json.dumps(module.results[kind]))
+            write_results(output_dir / f"{kind}_results.json", module.results[kind])
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"metrics: {output_dir / 'metrics.json'}  segm/AP={metrics.get('segm/AP', float('nan')):.4f}")
     return metrics
