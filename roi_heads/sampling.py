@@ -47,7 +47,7 @@ class ProposalSampler:
 
     def __call__(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]) -> SampledProposals:
         labels, matched = [], []
-        all_boxes = []
+        all_boxes, all_gt_boxes = [], []
         for boxes, target in zip(proposals, targets, strict=True):
             crowd = (
                 target["iscrowd"].bool() if "iscrowd" in target else torch.zeros_like(target["labels"]).bool()
@@ -59,16 +59,16 @@ class ProposalSampler:
                 near_crowd = box_iou(boxes, target["boxes"][crowd]).max(dim=1).values >= self.fg_iou_thresh
                 image_labels[(image_labels == 0) & near_crowd] = -1
             all_boxes.append(boxes)
+            all_gt_boxes.append(gt_boxes)
             labels.append(image_labels)
             matched.append(image_matched)
 
         pos_masks, neg_masks = self.sampler(labels)
         out = SampledProposals([], [], [], [])
-        for boxes, image_labels, image_matched, pos, neg, target in zip(
-            all_boxes, labels, matched, pos_masks, neg_masks, targets, strict=True
+        for boxes, gt_boxes, image_labels, image_matched, pos, neg in zip(
+            all_boxes, all_gt_boxes, labels, matched, pos_masks, neg_masks, strict=True
         ):
             keep = torch.nonzero(pos | neg).squeeze(1)
-            gt_boxes = target["boxes"][~target["iscrowd"].bool()] if "iscrowd" in target else target["boxes"]
             boxes, image_matched = boxes[keep], image_matched[keep]
             matched_boxes = gt_boxes[image_matched] if len(gt_boxes) else boxes  # no GT: zero deltas
             out.boxes.append(boxes)
