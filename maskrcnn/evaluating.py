@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from maskrcnn.checkpoints import read_checkpoint
 from maskrcnn.evaluation import write_results
 from maskrcnn.lit import MaskRCNNModule
 
@@ -20,7 +20,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["hyper_parameters"]["cfg"])
     if cfg.get("data") is not None:
         run_cfg.data = cfg.data

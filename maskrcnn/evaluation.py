@@ -15,6 +15,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from maskrcnn.distributed import all_gather_objects
+
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six entries of COCOeval.stats
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
@@ -107,10 +109,7 @@ def _backend(name: str) -> tuple[Any, Any]:
 
 def gather_and_dedupe(records: list[dict]) -> list[dict]:
     """All ranks' per-image records (each with an `image_id`), one per image: a padded sampler repeats images."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered: list[list[dict]] = [[] for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather_object(gathered, records)
-        records = [r for rank_records in gathered for r in rank_records]
+    records = [r for rank_records in all_gather_objects(records) for r in rank_records]
     unique: dict[int, dict] = {}
     for record in records:
         unique.setdefault(int(record["image_id"]), record)

@@ -10,8 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from maskrcnn import nonfinite
+from maskrcnn.distributed import all_gather_objects
 from maskrcnn.evaluation import CocoEvaluator, detections_to_coco, gather_and_dedupe
 from maskrcnn.model import build_model
+from maskrcnn.rng_state import capture_rng_state, restore_rng_state
 from maskrcnn.schedule import scaled_lr, warmup_multistep
 from maskrcnn.viz import prediction_vs_truth
 
@@ -23,6 +26,9 @@ class MaskRCNNModule(pl.LightningModule):
 
     Logs per step: train/loss and every component (train/loss_mask, ...) and the lr; per validation:
     val/bbox_AP ... val/segm_APl and prediction-vs-truth images for the first `vis_images` val images.
+
+    A step whose loss or gradients are not finite is handled by `train.nonfinite` (abort | skip) on every
+    rank alike. Checkpoints carry each rank's RNG states, so a resumed run continues the same random draws.
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -33,23 +39,68 @@ class MaskRCNNModule(pl.LightningModule):
         self.model = build_model(
             self.cfg.model, self.cfg.roi, data.num_classes, data.image_min_size, data.image_max_size
         )
+        self.nonfinite_policy = nonfinite.check_policy(OmegaConf.select(self.cfg, "train.nonfinite", default="abort"))
         self.metrics: dict[str, float] = {}
         self.metrics_step = -1
+        self.skipped_steps = 0
+        self.skipped_image_ids: set[int] = set()  # unreadable images replaced by the dataset (on_bad_image=skip)
+        self._skip_this_step = False
+        self._step_losses: dict[str, Tensor] = {}
+        self._step_image_ids: list[int] = []
         self._predictions: list[dict[str, Any]] = []
-        self.results: dict[
-            str, list[dict]
-        ] = {}  # rank 0: the last validation's COCO results, by "bbox"/"segm"
+        self.results: dict[str, list[dict]] = {}  # rank 0: the last validation's COCO results, by "bbox"/"segm"
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(images)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
+        for target in targets:
+            self.skipped_image_ids.update(target.get("skipped_image_ids", ()))
+        buffers_before = [b.clone() for b in self.model.buffers()]  # BatchNorm statistics: tiny to copy
         losses = self.model(images, targets)
         loss = sum(losses.values())
+        self._step_losses = {name: value.detach() for name, value in losses.items()}
+        self._step_image_ids = [int(t["image_id"]) for t in targets]
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            self._skip_step("loss")
+            for buffer, before in zip(self.model.buffers(), buffers_before, strict=True):
+                buffer.copy_(before)  # the forward pass already folded NaN into the running statistics
+            return nonfinite.zero_loss(self)
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients are all-reduced (and unscaled) by now, so every rank decides alike. With fp16 the
+        # GradScaler already skips steps with inf gradients and lowers its scale.
+        scaler_handles_it = self.trainer.precision == "16-mixed"
+        if not self._skip_this_step and not scaler_handles_it and not nonfinite.gradients_finite(self):
+            self._skip_step("gradient")
+        if self._skip_this_step:
+            optimizer.zero_grad(set_to_none=True)  # SGD leaves parameters without a gradient untouched
+            self._skip_this_step = False
+
+    def _skip_step(self, what: str) -> None:
+        """Aborts, or marks the current step to be skipped (train.nonfinite)."""
+        message = nonfinite.describe_step(what, self.global_step, self._step_losses, self._step_image_ids)
+        nonfinite.handle(self.nonfinite_policy, f"rank {self.global_rank}: {message}")
+        self._skip_this_step = True
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(self._step_image_ids))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = all_gather_objects(capture_rng_state())  # one per rank
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            rank = self.global_rank if self._trainer is not None else 0
+            restore_rng_state(states[rank] if rank < len(states) else states[0])
+
+    def on_train_end(self) -> None:
+        self.skipped_image_ids = set().union(*all_gather_objects(self.skipped_image_ids))
 
     def on_validation_epoch_start(self) -> None:
         self._predictions = []

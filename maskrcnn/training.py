@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,33 +15,48 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from maskrcnn.lit import MaskRCNNModule
 from maskrcnn.runinfo import device_description
 
+log = logging.getLogger(__name__)
+
+# Keys that may legitimately differ between a run and its resumption.
+_RESUMABLE_CHANGES = ("ckpt_path", "paths.", "trainer.max_steps", "trainer.enable_progress_bar", "hydra")
+
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Trains, validates the final weights, writes metrics.json, returns its content."""
+    """Trains (or resumes), validates the final weights, writes metrics.json, returns its content."""
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    resumed_step = _check_resumable(ckpt_path, cfg) if ckpt_path else 0
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data.module)
     module = MaskRCNNModule(OmegaConf.to_container(cfg, resolve=True))
-    logger = TensorBoardLogger(str(output_dir), name="tensorboard", version="", default_hp_metric=False)
-    checkpoints = ModelCheckpoint(
+    # purge_step: TensorBoard drops what a killed run logged after the checkpoint we resume from.
+    logger = TensorBoardLogger(
+        str(output_dir), name="tensorboard", version="", default_hp_metric=False, purge_step=resumed_step or None
+    )
+    best = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         filename="best-step{step}",
         auto_insert_metric_name=False,
         monitor="val/segm_AP",
         mode="max",
-        save_last=True,
     )
+    last = LastCheckpoint(output_dir / "checkpoints", cfg.train.checkpoint_every_n_steps)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         logger=logger,
-        callbacks=[checkpoints, LearningRateMonitor("step")],
+        callbacks=[best, last, LearningRateMonitor("step")],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
     start = time.monotonic()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir))
+    with warnings.catch_warnings():
+        # Our batch sampler resumes mid-epoch itself (InstanceDataModule), which Lightning cannot see.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_minutes = (time.monotonic() - start) / 60
     if module.metrics_step != trainer.global_step:  # the final weights were not evaluated yet
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -53,8 +70,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps": int(trainer.global_step),
         "train_minutes": round(train_minutes, 2),
         "device": device_description(),
+        "skipped_steps": module.skipped_steps,
+        "skipped_images": len(module.skipped_image_ids),
     }
     if trainer.is_global_zero:
+        if module.skipped_image_ids:
+            ids = sorted(module.skipped_image_ids)
+            log.warning("skipped %d unreadable training image(s), ids: %s", len(ids), ids[:50])
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.log_hyperparams(
             {"roi": cfg.roi.name, "model": cfg.model.name, "seed": int(cfg.seed), "data": cfg.data.name},
@@ -70,5 +92,31 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         return None
     path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
+        hint = " (resume into the old run dir with hydra.run.dir=<run dir>)" if ckpt_path == "last" else ""
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}{hint}")
     return str(path)
+
+
+def _check_resumable(ckpt_path: str, cfg: DictConfig) -> int:
+    """Loads the checkpoint's metadata safely, warns about config changes; returns its global step."""
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    saved = _flatten(checkpoint.get("hyper_parameters", {}).get("cfg", {}))
+    current = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(
+        key
+        for key in saved.keys() | current.keys()
+        if saved.get(key) != current.get(key) and not key.startswith(_RESUMABLE_CHANGES)
+    )
+    if changed:
+        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:20])
+        log.warning("resuming %s with a different config: %s", ckpt_path, details)
+    return int(checkpoint["global_step"])
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat

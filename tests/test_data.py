@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from maskrcnn.data.coco import BadDataError, CocoInstances, DatasetNotFoundError
 from maskrcnn.data.sampler import GroupedBatchSampler
 from maskrcnn.data.shapes import SHAPE_CLASSES, ensure_shapes_dataset
-from maskrcnn.data.transforms import RandomHorizontalFlip
+from maskrcnn.data.transforms import KeyedAugmentation, RandomHorizontalFlip
 
 SMALL = {"num_train": 12, "num_val": 4, "image_size": 96, "min_size": 12, "max_size": 48, "workers": 1}
 
@@ -151,7 +151,8 @@ def test_missing_and_corrupt_images_error_or_skip(tmp_path):
     skipping = CocoInstances(img, path, on_bad_image="skip")
     with pytest.warns(UserWarning, match="skipping bad image"):
         _, target = skipping[1]
-    assert target["image_id"] == 1 and skipping.num_skipped == 2
+    assert target["image_id"] == 1 and target["skipped_image_ids"] == [2, 3], "the count travels with the sample"
+    assert "skipped_image_ids" not in skipping[0][1]
 
 
 def test_non_contiguous_categories_map_both_ways(tmp_path):
@@ -180,47 +181,80 @@ def test_horizontal_flip_moves_boxes_with_masks():
     masks = torch.zeros(1, 4, 6, dtype=torch.uint8)
     masks[0, 1:3, 0:2] = 1
     target = {"boxes": torch.tensor([[0.0, 1.0, 2.0, 3.0]]), "masks": masks, "labels": torch.tensor([1])}
-    _, flipped = RandomHorizontalFlip(1.0)(image, target)
+    _, flipped = RandomHorizontalFlip(1.0)(image, target, torch.Generator())
     assert flipped["boxes"].tolist() == [[4.0, 1.0, 6.0, 3.0]]
     ys, xs = torch.nonzero(flipped["masks"][0], as_tuple=True)
     assert (xs.min().item(), xs.max().item() + 1) == (4, 6)
-    assert RandomHorizontalFlip(0.0)(image, target)[1] is target
+    assert RandomHorizontalFlip(0.0)(image, target, torch.Generator())[1] is target
 
 
 def test_grouped_batches_share_aspect_and_shard_disjointly():
     groups = np.array([0, 1] * 20 + [0] * 7)
     shards = [list(GroupedBatchSampler(groups, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) > 0
-    seen = [i for shard in shards for batch in shard for i in batch]
+    seen = [i for shard in shards for batch in shard for i, _ in batch]
     assert len(seen) == len(set(seen)), "ranks see disjoint images"
     for batch in shards[0] + shards[1]:
-        assert len(batch) == 4 and len({int(groups[i]) for i in batch}) == 1
+        assert len(batch) == 4 and len({int(groups[i]) for i, _ in batch}) == 1
     sampler = GroupedBatchSampler(groups, 4, seed=3)
     first = list(sampler)
     assert list(sampler) == first, "same epoch, same order"
+    assert {epoch for batch in first for _, epoch in batch} == {0}
     sampler.set_epoch(1)
-    assert list(sampler) != first
+    second = list(sampler)
+    assert second != first and {epoch for batch in second for _, epoch in batch} == {1}
+
+
+def test_sampler_resumes_mid_epoch_once():
+    sampler = GroupedBatchSampler(np.zeros(40), 4, seed=1)
+    full = list(sampler)
+    sampler.resume_at(7)
+    assert list(sampler) == full[7:]
+    assert list(sampler) == full, "only the first iteration after resume_at skips"
+    with pytest.raises(ValueError, match="resume at batch 11 of an epoch of 10"):
+        sampler.resume_at(11)
 
 
 def test_lightning_reaches_the_batch_samplers_epoch():
     # Lightning calls set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler only.
     from lightning_fabric.utilities.data import _set_sampler_epoch
 
-    loader = torch.utils.data.DataLoader(range(40), batch_sampler=GroupedBatchSampler(np.zeros(40), 4, seed=1))
-    first = [b.tolist() for b in loader]
+    keys = KeyedAugmentation([(i, {}) for i in range(40)], lambda image, target, generator: (image, target), seed=0)
+    loader = torch.utils.data.DataLoader(
+        keys, batch_sampler=GroupedBatchSampler(np.zeros(40), 4, seed=1), collate_fn=lambda b: [i for i, _ in b]
+    )
+    first = list(loader)
     _set_sampler_epoch(loader, 1)
-    second = [b.tolist() for b in loader]
+    second = list(loader)
     assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(40))
     assert first != second, "a new epoch reshuffles"
 
 
-def test_flip_draws_from_its_generator():
+def test_augmentation_depends_only_on_seed_epoch_and_index():
     image = torch.zeros(3, 4, 6)
     target = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "masks": torch.zeros(1, 4, 6, dtype=torch.uint8)}
+    dataset = KeyedAugmentation([(image, target)] * 16, RandomHorizontalFlip(0.5), seed=0)
 
-    def draws(seed):
-        flip = RandomHorizontalFlip(0.5, generator=torch.Generator().manual_seed(seed))
-        return [flip(image, target)[1]["boxes"][0, 0].item() for _ in range(16)]
+    def flips(epoch, seed=0):
+        dataset.seed = seed
+        return [dataset[(i, epoch)][1]["boxes"][0, 0].item() for i in range(16)]
 
-    assert draws(0) == draws(0)
-    assert set(draws(0)) == {0.0, 4.0}, "both outcomes occur in 16 draws"
+    torch.manual_seed(123)
+    first = flips(0)
+    torch.manual_seed(456)  # the global RNG (a worker's, a resumed run's) plays no part
+    assert flips(0) == first
+    assert list(reversed([dataset[(i, 0)][1]["boxes"][0, 0].item() for i in reversed(range(16))])) == first
+    assert set(first) == {0.0, 4.0}, "both outcomes occur in 16 draws"
+    assert flips(1) != first and flips(0, seed=1) != first
+
+
+def test_annotations_live_in_flat_arrays_not_per_image_objects(shapes_root):
+    """Forked DataLoader workers copy every page whose Python objects they touch (reference counts), so the
+    dataset holds numpy arrays, never a Python container that grows with the number of images/annotations."""
+    ds = CocoInstances(shapes_root / "train", shapes_root / "annotations" / "instances_train.json")
+    assert len(ds) == 12 and len(ds._ann_ids) >= 12
+    for name, value in vars(ds).items():
+        if isinstance(value, list | dict | tuple | set):
+            assert len(value) <= ds.num_classes, f"{name} grows with the data ({len(value)} entries)"
+        elif isinstance(value, np.ndarray):
+            assert value.dtype != object, f"{name} is an array of Python objects"

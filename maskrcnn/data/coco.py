@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +81,8 @@ class CocoInstances(torch.utils.data.Dataset):
                 masks UInt8[M, H, W], iscrowd Int64[M] (crowd kept, flagged 1), image_id int.
 
     ``on_bad_image``: "error" raises BadDataError naming the file and image id for a missing or unreadable
-    image; "skip" warns, counts it in ``num_skipped`` (per process) and returns the next valid image.
+    image; "skip" warns and returns the next readable image, whose target then lists the skipped ids under
+    ``skipped_image_ids`` (so the training process can count them, whichever worker read them).
     Annotations with a zero-area or negative box are dropped with one warning naming their ids.
     """
 
@@ -90,16 +90,13 @@ class CocoInstances(torch.utils.data.Dataset):
         self,
         images_dir: str | os.PathLike,
         annotation_file: str | os.PathLike,
-        transforms: Callable | None = None,
         on_bad_image: str = "error",
     ) -> None:
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
-        self.transforms = transforms
         self.on_bad_image = on_bad_image
-        self.num_skipped = 0
         if not self.images_dir.is_dir():
             raise DatasetNotFoundError(dataset_not_found_message("image directory", self.images_dir))
         self._load(load_json(self.annotation_file))
@@ -128,9 +125,7 @@ class CocoInstances(torch.utils.data.Dataset):
             ann_id = ann.get("id")
             k = id_to_index.get(ann.get("image_id"))
             if k is None:
-                raise BadDataError(
-                    f"{path}: annotation id {ann_id} references missing image id {ann.get('image_id')}"
-                )
+                raise BadDataError(f"{path}: annotation id {ann_id} references missing image id {ann.get('image_id')}")
             label = self.category_id_to_contiguous.get(ann.get("category_id"))
             if label is None:
                 raise BadDataError(
@@ -224,7 +219,6 @@ class CocoInstances(torch.utils.data.Dataset):
             msg = f"{path}: cannot read image id {self.image_ids[i]} ({type(e).__name__}: {e})"
             if self.on_bad_image == "error":
                 raise BadDataError(msg) from e
-            self.num_skipped += 1
             warnings.warn(f"skipping bad image: {msg}", stacklevel=3)
             return None
         if arr.shape[:2] != (self.heights[i], self.widths[i]):
@@ -235,11 +229,13 @@ class CocoInstances(torch.utils.data.Dataset):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        skipped: list[int] = []
         for attempt in range(len(self)):
             k = (i + attempt) % len(self)
             image = self._read_image(k)
             if image is not None:
                 break
+            skipped.append(int(self.image_ids[k]))
         else:
             raise BadDataError(f"{self.images_dir}: no readable image in the dataset")
         h, w = image.shape[-2:]
@@ -251,6 +247,6 @@ class CocoInstances(torch.utils.data.Dataset):
             "iscrowd": torch.from_numpy(self._iscrowd[lo:hi].copy()),
             "image_id": int(self.image_ids[k]),
         }
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
+        if skipped:
+            target["skipped_image_ids"] = skipped
         return image, target

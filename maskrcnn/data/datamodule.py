@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 from maskrcnn.data.coco import CocoInstances, DatasetNotFoundError, dataset_not_found_message
 from maskrcnn.data.sampler import GroupedBatchSampler
 from maskrcnn.data.shapes import ensure_shapes_dataset
-from maskrcnn.data.transforms import RandomHorizontalFlip
+from maskrcnn.data.transforms import KeyedAugmentation, RandomHorizontalFlip
 
 
 def collate(batch: list[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
@@ -31,7 +31,7 @@ class InstanceDataModule(pl.LightningDataModule):
         num_workers: dataloader worker processes (0 = load in the main process).
         on_bad_image: "error" (stop with the file and image id) or "skip" (warn, count, go on).
         shapes: generation parameters of the shapes dataset (`ensure_shapes_dataset`'s keywords plus `root`).
-        flip_prob: horizontal-flip probability in training. seed: batch order seed.
+        flip_prob: horizontal-flip probability in training. seed: batch order and augmentation seed.
     """
 
     def __init__(
@@ -71,15 +71,10 @@ class InstanceDataModule(pl.LightningDataModule):
                 raise DatasetNotFoundError(dataset_not_found_message(what, path))
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = CocoInstances(
-                self.paths["train images"],
-                self.paths["train annotations"],
-                RandomHorizontalFlip(self.flip_prob),
-                self.on_bad_image,
+                self.paths["train images"], self.paths["train annotations"], self.on_bad_image
             )
         if self.val_dataset is None:
-            self.val_dataset = CocoInstances(
-                self.paths["val images"], self.paths["val annotations"], None, self.on_bad_image
-            )
+            self.val_dataset = CocoInstances(self.paths["val images"], self.paths["val annotations"], self.on_bad_image)
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -93,7 +88,19 @@ class InstanceDataModule(pl.LightningDataModule):
             "collate_fn": collate,
             "pin_memory": torch.cuda.is_available(),
             "persistent_workers": workers > 0,
+            # The loader's own generator: creating its iterator must not advance the global RNG, which a
+            # checkpoint restores (a resumed run creates its iterators at other points than a straight one).
+            "generator": torch.Generator().manual_seed(self.seed),
         }
+
+    def _batches_done_in_epoch(self) -> int:
+        """On resume, the number of batches this rank already trained on in the current epoch; else 0.
+
+        `processed`, not `completed`: a checkpoint saved in on_train_batch_end has not counted its own batch
+        as completed yet (Lightning does that when it restarts, after the loaders are built)."""
+        if self.trainer is None or not self.trainer.fit_loop.restarting:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
@@ -110,7 +117,9 @@ class InstanceDataModule(pl.LightningDataModule):
                 f"{self.paths['train annotations']}: {len(self.train_dataset)} images give no full batch of "
                 f"{self.batch_size} per rank on {world} rank(s)"
             )
-        return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_options())
+        sampler.resume_at(self._batches_done_in_epoch() % len(sampler))
+        dataset = KeyedAugmentation(self.train_dataset, RandomHorizontalFlip(self.flip_prob), self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()

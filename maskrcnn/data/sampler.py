@@ -29,12 +29,15 @@ class EpochOrder(Sampler[int]):
         return self.n
 
 
-class GroupedBatchSampler(Sampler[list[int]]):
+class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches whose images share an aspect-ratio group (landscape / portrait), so padding stays small.
 
     Every rank builds the same batch list from (seed, epoch) and takes batches rank::world_size, so ranks
     see disjoint batches and the same number of them (the list is truncated to a multiple of world_size).
     Use with Lightning's `use_distributed_sampler=False`.
+
+    A batch is a list of keys `(image index, epoch)`, the keys `KeyedAugmentation` draws its augmentation
+    from. `resume_at(n)` makes the next epoch's iteration start at this rank's batch n (a resumed run).
     """
 
     def __init__(
@@ -56,6 +59,13 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.sampler = EpochOrder(len(self.group_ids), shuffle, seed)
+        self._resume_at = 0
+
+    def resume_at(self, batches_done: int) -> None:
+        """Skips the first `batches_done` batches of the next iteration only."""
+        if not 0 <= batches_done <= len(self):
+            raise ValueError(f"cannot resume at batch {batches_done} of an epoch of {len(self)} batches")
+        self._resume_at = batches_done
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -74,8 +84,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
         usable = len(batches) - len(batches) % self.world_size
         return batches[:usable]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._all_batches()[self.rank :: self.world_size]
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        start, self._resume_at = self._resume_at, 0
+        epoch = self.sampler.epoch
+        for batch in self._all_batches()[self.rank :: self.world_size][start:]:
+            yield [(index, epoch) for index in batch]
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.world_size
