@@ -101,3 +101,18 @@ def test_unknown_backend_is_refused(val_set):
 def test_dedupe_keeps_one_record_per_image():
     records = [{"image_id": 3, "r": "a"}, {"image_id": 1, "r": "b"}, {"image_id": 3, "r": "c"}]
     assert gather_and_dedupe(records) == [{"image_id": 1, "r": "b"}, {"image_id": 3, "r": "a"}]
+
+
+@pytest.mark.slow
+def test_faster_coco_eval_matches_pycocotools_on_5000_images(tmp_path):
+    pytest.importorskip("faster_coco_eval")
+    from bench.coco_eval import synthetic_coco, time_backends
+
+    gt, bbox, segm = synthetic_coco(5000)
+    gt_file = tmp_path / "instances.json"
+    gt_file.write_text(json.dumps(gt))
+    report = time_backends(gt_file, bbox, segm, repeat=1)
+    ref, fast = report["pycocotools"]["metrics"], report["faster_coco_eval"]["metrics"]
+    assert 0.05 < ref["segm/AP"] < 0.95, "a results file that exercises the matching, not a trivial one"
+    for key, value in ref.items():
+        assert fast[key] == pytest.approx(value, abs=1e-4), key
