@@ -1,6 +1,7 @@
 """End-to-end: train(cfg) with experiment=smoke, then evaluate the checkpoint; DDP via the real CLI."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,7 @@ from maskrcnn.evaluating import evaluate
 from maskrcnn.training import train
 
 REPO = Path(__file__).resolve().parents[1]
-METRIC_KEYS = [
-    f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")
-]
+METRIC_KEYS = [f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +51,16 @@ def test_smoke_train_align_writes_metrics_checkpoint_and_events(align_run):
     _check_run_dir(out, metrics, "align")
 
 
-def test_smoke_train_pool(compose_cfg, data_dir, tmp_path):
-    cfg = compose_cfg("train", _smoke_overrides(data_dir, tmp_path, "roi=pool"))
-    _check_run_dir(tmp_path, train(cfg), "pool")
+def test_smoke_train_pool_skipping_a_corrupt_image(compose_cfg, align_run, data_dir, tmp_path):
+    """roi=pool, on a copy of the data with one corrupt training image and on_bad_image=skip."""
+    shutil.copytree(data_dir, tmp_path / "data")
+    (image,) = (tmp_path / "data").glob("shapes-*/train/000005.png")
+    image.write_bytes(image.read_bytes()[:100])  # truncated PNG
+    out = tmp_path / "run"
+    cfg = compose_cfg("train", _smoke_overrides(tmp_path / "data", out, "roi=pool", "data.module.on_bad_image=skip"))
+    metrics = train(cfg)
+    _check_run_dir(out, metrics, "pool")
+    assert metrics["skipped_images"] == 1, "the skipped image is counted at the end"
 
 
 def test_tensorboard_has_losses_lr_ap_and_pictures(align_run):
@@ -79,9 +85,7 @@ def test_tensorboard_has_losses_lr_ap_and_pictures(align_run):
 
 def test_evaluate_reproduces_training_metrics(compose_cfg, align_run, tmp_path):
     out, metrics = align_run
-    cfg = compose_cfg(
-        "evaluate", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}"]
-    )
+    cfg = compose_cfg("evaluate", [f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", f"paths.output_dir={tmp_path}"])
     result = evaluate(cfg)
     for key in METRIC_KEYS:
         assert result[key] == pytest.approx(metrics[key], abs=1e-9), key
