@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot GPU session: install carried wheels, build the ops with CUDA, run the op tests
-# and the RoI op benchmarks. Every step runs even when an earlier one fails; logs go to $OUT.
+# and the RoI op benchmarks, the training-step benchmark and the GPU determinism check. Every step runs even when an earlier one fails; logs go to $OUT.
 #   usage (repo root, on the GPU machine):  bash bench/gpu_session.sh
 set -x
 cd "$(dirname "$0")/.."
@@ -39,6 +39,10 @@ step tests python3 -m pytest -q -rs tests/test_ops.py tests/test_ops_cuda.py --j
 for dt in float32 bfloat16; do
     step "bench_$dt" python3 bench/roi_ops.py --device cuda --dtype "$dt"
 done
+# Issue 6: the training step side by side (8 x 800x1333, bf16), and two deterministic GPU runs (issue 5).
+step train_step python3 -m bench.train_step --device cuda
+step train_step_cl python3 -m bench.train_step --device cuda --channels-last --out bench/results/train_step_cuda_channels_last.json
+step deterministic_gpu python3 -m pytest -q tests/test_resume.py -k two_deterministic
 
 # Bring back whatever the benchmarks wrote.
 cp -v bench/results/*.json "$OUT/" 2>/dev/null
