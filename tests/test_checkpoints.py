@@ -1,5 +1,6 @@
 """Checkpoint files under real faults: SIGKILL during a save, a truncated file, a file carrying code."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from maskrcnn.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from maskrcnn.evaluating import evaluate
-from maskrcnn.training import train
+from maskrcnn.training import _check_resumable, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +97,16 @@ def test_resume_and_evaluate_refuse_checkpoints_that_carry_code(malicious_checkp
     with pytest.raises(CheckpointError, match=r"evil-pwned\.ckpt: refused to load"):
         evaluate(cfg)
     assert not marker.exists()
+
+
+def test_resuming_with_another_config_names_the_changed_keys(compose_cfg, tmp_path, caplog):
+    cfg = compose_cfg("train", ["experiment=smoke", "roi=align", f"paths.output_dir={tmp_path}"])
+    saved = compose_cfg(
+        "train", ["experiment=smoke", "roi=pool", "trainer.max_steps=5", f"paths.output_dir={tmp_path}"]
+    )
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 5, "hyper_parameters": {"cfg": OmegaConf.to_container(saved, resolve=True)}}, path)
+    with caplog.at_level(logging.WARNING, logger="maskrcnn.training"):
+        assert _check_resumable(str(path), cfg) == 5
+    assert "roi.kind: 'pool' -> 'align'" in caplog.text
+    assert "max_steps" not in caplog.text, "a longer schedule is a legitimate change"
