@@ -69,13 +69,16 @@ class RoIExtractor(nn.Module):
         levels = level_of_boxes(
             rois[:, 1:], self.min_level, self.max_level, self.canonical_scale, self.canonical_level
         )
-        first = maps[0]
-        out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
-        for level_index, (feature, stride) in enumerate(zip(maps, self.strides, strict=True)):
-            idx = torch.nonzero(levels == self.min_level + level_index).squeeze(1)
-            pooled = self.op(feature, rois[idx], self.output_size, 1.0 / stride)
-            out = out.index_copy(0, idx, pooled.to(out.dtype))
-        return out
+        # Group the RoIs by level with one sort: one host sync (the group sizes) instead of one per level,
+        # and one gather back to the input order instead of a copy of the whole output per level.
+        order = torch.argsort(levels, stable=True)
+        counts = torch.bincount(levels - self.min_level, minlength=len(maps)).tolist()
+        groups = rois[order].split(counts)
+        pooled = [
+            self.op(feature, group, self.output_size, 1.0 / stride)
+            for feature, group, stride in zip(maps, groups, self.strides, strict=True)
+        ]
+        return torch.cat(pooled)[torch.argsort(order)]
 
     def extra_repr(self) -> str:
         return f"featmaps={self.featmap_names}, strides={self.strides}, output_size={self.output_size}"
