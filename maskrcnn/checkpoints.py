@@ -46,36 +46,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(Checkpoint):
-    """Keeps `<dirpath>/last.ckpt` current: every `every_n_steps` optimizer steps, after every validation
-    and at the end of training, so a killed run loses at most `every_n_steps` steps.
+    """Keeps `<dirpath>/last.ckpt` current: every `every_n_steps` optimizer steps, at the last step, and after
+    every validation (again, if the step was just saved: resuming from the pre-validation state would make
+    Lightning skip that validation). A killed run loses at most `every_n_steps` steps.
 
-    The loggers are flushed first. Lightning writes a step's scalars after the callbacks' on_train_batch_end,
-    so the scalars of the step a checkpoint is taken at can still be lost with a kill right after it."""
+    Not at on_train_end: by then Lightning has advanced its epoch counter but not its batch counter, a
+    state it would resume from at the wrong batch. The loggers are flushed before each save. Lightning
+    writes a step's scalars after the callbacks' on_train_batch_end, so the scalars of the step a
+    checkpoint is taken at can still be lost with a kill right after it."""
 
     def __init__(self, dirpath: str | os.PathLike, every_n_steps: int) -> None:
         if every_n_steps < 1:
             raise ValueError(f"train.checkpoint_every_n_steps must be >= 1, got {every_n_steps}")
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
-        self._saved_step = -1
+        self._saved: tuple[int, str] | None = None  # (global step, "batch" | "validation")
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or self._saved_step == trainer.global_step:
+    def _save(self, trainer: pl.Trainer, when: str) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self._saved == (trainer.global_step, when):
             return
-        for logger in trainer.loggers:  # what was logged before the checkpoint survives a kill after it
+        for logger in trainer.loggers:
             logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)
-        self._saved_step = trainer.global_step
+        self._saved = (trainer.global_step, when)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
-            self._save(trainer)
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 or 0 < trainer.max_steps <= step:
+            self._save(trainer, "batch")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)
+        self._save(trainer, "validation")
 
 
 class CheckpointError(RuntimeError):
@@ -88,6 +89,8 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
     mmap=True reads the metadata without loading the tensors (cheap, for a peek at the step or config).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:

@@ -91,13 +91,21 @@ class MaskRCNNModule(pl.LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=len(self._step_image_ids))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every rank dumps the checkpoint (rank 0 writes it), so these collectives run on all ranks.
         checkpoint["rng_states"] = all_gather_objects(capture_rng_state())  # one per rank
+        checkpoint["skipped"] = {
+            "steps": self.skipped_steps,
+            "image_ids": sorted(set().union(*all_gather_objects(self.skipped_image_ids))),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("rng_states")
         if states:
             rank = self.global_rank if self._trainer is not None else 0
             restore_rng_state(states[rank] if rank < len(states) else states[0])
+        skipped = checkpoint.get("skipped", {})
+        self.skipped_steps = skipped.get("steps", 0)
+        self.skipped_image_ids = set(skipped.get("image_ids", ()))
 
     def on_train_end(self) -> None:
         self.skipped_image_ids = set().union(*all_gather_objects(self.skipped_image_ids))

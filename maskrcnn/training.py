@@ -33,9 +33,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data.module)
     module = MaskRCNNModule(OmegaConf.to_container(cfg, resolve=True))
-    # purge_step: TensorBoard drops what a killed run logged after the checkpoint we resume from.
+    # purge_step: TensorBoard drops what a killed run logged after the checkpoint we resume from. +1: the
+    # pictures of a validation at the checkpoint's step are logged at that step (its scalars one lower).
     logger = TensorBoardLogger(
-        str(output_dir), name="tensorboard", version="", default_hp_metric=False, purge_step=resumed_step or None
+        str(output_dir),
+        name="tensorboard",
+        version="",
+        default_hp_metric=False,
+        purge_step=resumed_step + 1 if resumed_step else None,
     )
     best = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",

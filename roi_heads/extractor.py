@@ -21,7 +21,8 @@ def level_of_boxes(
     areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
     # eps keeps boxes of exactly canonical size on the canonical level despite float rounding.
     levels = torch.floor(canonical_level + torch.log2(areas.sqrt() / canonical_scale + 1e-8) + 1e-6)
-    return levels.clamp(min=min_level, max=max_level).to(torch.int64)
+    # nan_to_num: a NaN box (a diverging step, before train.nonfinite catches it) must not index out of range.
+    return levels.nan_to_num(nan=min_level).clamp(min=min_level, max=max_level).to(torch.int64)
 
 
 class RoIExtractor(nn.Module):
@@ -46,9 +47,7 @@ class RoIExtractor(nn.Module):
     ) -> None:
         super().__init__()
         if len(featmap_names) != len(strides) or not featmap_names:
-            raise ValueError(
-                f"need one stride per feature map, got {list(featmap_names)} and {list(strides)}"
-            )
+            raise ValueError(f"need one stride per feature map, got {list(featmap_names)} and {list(strides)}")
         levels = [math.log2(s) for s in strides]
         if any(lvl != int(lvl) for lvl in levels) or levels != sorted(levels):
             raise ValueError(f"strides must be increasing powers of two, got {list(strides)}")
@@ -66,9 +65,7 @@ class RoIExtractor(nn.Module):
         if len(maps) == 1:
             return self.op(maps[0], rois, self.output_size, 1.0 / self.strides[0])
 
-        levels = level_of_boxes(
-            rois[:, 1:], self.min_level, self.max_level, self.canonical_scale, self.canonical_level
-        )
+        levels = level_of_boxes(rois[:, 1:], self.min_level, self.max_level, self.canonical_scale, self.canonical_level)
         # Group the RoIs by level with one sort: one host sync (the group sizes) instead of one per level,
         # and one gather back to the input order instead of a copy of the whole output per level.
         order = torch.argsort(levels, stable=True)

@@ -53,6 +53,11 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     assert not list(tmp_path.glob(".last.ckpt.tmp-*")), "the next save removes the killed save's temp file"
 
 
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint file at .*nope\.ckpt"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "last.ckpt"
     torch.save({"w": torch.ones(1000)}, path)

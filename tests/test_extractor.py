@@ -23,6 +23,11 @@ def test_level_mapping_is_configurable():
     assert level_of_boxes(boxes, 2, 5, canonical_scale=224, canonical_level=5).item() == 4
 
 
+def test_level_mapping_keeps_non_finite_boxes_in_range():
+    boxes = torch.tensor([[0.0, 0.0, float("nan"), 10.0], [0.0, 0.0, float("inf"), 10.0], [5.0, 5.0, 5.0, 5.0]])
+    assert level_of_boxes(boxes, 2, 5).tolist() == [2, 5, 2]
+
+
 def _pyramid(n=2, c=3, size=64):
     torch.manual_seed(0)
     return {

@@ -93,14 +93,17 @@ class InstanceDataModule(pl.LightningDataModule):
             "generator": torch.Generator().manual_seed(self.seed),
         }
 
-    def _batches_done_in_epoch(self) -> int:
-        """On resume, the number of batches this rank already trained on in the current epoch; else 0.
+    def _resume_position(self, batches_per_epoch: int) -> tuple[int, int]:
+        """(epoch, batches already trained in it) to start from: (0, 0) for a fresh run.
 
-        `processed`, not `completed`: a checkpoint saved in on_train_batch_end has not counted its own batch
-        as completed yet (Lightning does that when it restarts, after the loaders are built)."""
+        Both are needed before the loader exists: with workers, the first `iter()` (which Lightning makes
+        before it calls `set_epoch`) already draws the epoch's order. `processed`, not `completed`: a
+        checkpoint saved in on_train_batch_end has not counted its own batch as completed yet."""
         if self.trainer is None or not self.trainer.fit_loop.restarting:
-            return 0
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return 0, 0
+        fit_loop = self.trainer.fit_loop
+        done = fit_loop.epoch_loop.batch_progress.current.processed
+        return fit_loop.epoch_progress.current.processed + done // batches_per_epoch, done % batches_per_epoch
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
@@ -117,7 +120,9 @@ class InstanceDataModule(pl.LightningDataModule):
                 f"{self.paths['train annotations']}: {len(self.train_dataset)} images give no full batch of "
                 f"{self.batch_size} per rank on {world} rank(s)"
             )
-        sampler.resume_at(self._batches_done_in_epoch() % len(sampler))
+        epoch, batches_done = self._resume_position(len(sampler))
+        sampler.set_epoch(epoch)
+        sampler.resume_at(batches_done)
         dataset = KeyedAugmentation(self.train_dataset, RandomHorizontalFlip(self.flip_prob), self.seed)
         return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
 
