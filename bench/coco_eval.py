@@ -110,7 +110,7 @@ def main() -> None:
     gt_file = args.root / "instances.json"
     gt_file.write_text(json.dumps(gt))
     print(f"{args.images} images, {len(gt['annotations'])} instances, {len(bbox)} detections")
-    load_at_start = os.getloadavg()  # other jobs on the machine slow both backends, not necessarily alike
+    load_at_start = list(os.getloadavg())  # other jobs on the machine slow both backends, not necessarily alike
     report = time_backends(gt_file, bbox, segm, args.repeat)
     ref, fast = report["pycocotools"], report["faster_coco_eval"]
     max_diff = max(abs(ref["metrics"][k] - fast["metrics"][k]) for k in ref["metrics"])
@@ -125,7 +125,7 @@ def main() -> None:
         "repeat": args.repeat,
         "machine": device_description(),
         "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
+        "load_average_at_end": list(os.getloadavg()),
         "speedup": round(speedup, 2),
         "max_metric_difference": max_diff,
         **report,

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     out = args.out or Path(f"bench/results/train_step_{device.type}.json")
 
-    load_at_start = os.getloadavg()
+    load_at_start = list(os.getloadavg())
     results = []
     for impl in args.impl:
         result = measure(impl, args, device)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": device_description(),
         "torch": torch.__version__,
         "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
+        "load_average_at_end": list(os.getloadavg()),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
     }
