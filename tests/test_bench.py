@@ -43,7 +43,7 @@ def test_train_step_bench_compares_the_same_work(tmp_path):
             "backward",
             "optimizer",
         }
-        assert 0.5 < sum(result["breakdown"].values()) <= 1.0 + 1e-6, "the sections cover the step"
+        assert 0.5 < sum(result["breakdown"].values()) <= 1.004, "sections cover the step (7 shares rounded to 1e-3)"
         assert 0 < result["roi_ops_share"] < 1
     # Each side really runs its own RoI op, forward and backward.
     assert any(k.startswith("roi_ops::roi_align_backward") for k in ours["roi_op_kernels"])
