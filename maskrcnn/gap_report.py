@@ -110,7 +110,11 @@ def markdown(summary: dict[str, dict[str, dict]]) -> str:
         lines += [f"| RoI op | {header} | seeds | Δ mask AP | Δ AP75 | Δ box AP |", "|---" * (len(COLUMNS) + 5) + "|"]
         base = rows.get("pool")
         for roi, row in rows.items():
-            cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k, _ in COLUMNS]
+            # One seed has no spread to show: the mean alone, not a misleading "± 0.0".
+            cells = [
+                f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" if row["n"] > 1 else f"{row[k]['mean']:.1f}"
+                for k, _ in COLUMNS
+            ]
             deltas = [_delta(row, base, k) for k in ("segm/AP", "segm/AP75", "bbox/AP")]
             lines.append(f"| {roi} | {' | '.join(cells)} | {row['n']} | {' | '.join(deltas)} |")
         if base is not None and "align" in rows:

@@ -47,6 +47,14 @@ def test_report_means_stds_deltas_and_ratios(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+def test_single_seed_rows_show_no_spread(tmp_path):
+    _write_run(tmp_path, "pool", 0, 0.10, 0.40, 0.10, 0.20)
+    _write_run(tmp_path, "warp", 0, 0.12, 0.44, 0.12, 0.22)
+    table = gap_report.markdown(gap_report.summarize(gap_report.load_runs([tmp_path])))
+    assert "| warp | 12.0 | 44.0 | 12.0 | 22.0 | 1 | +2.0 | +2.0 | +2.0 |" in table
+    assert "±" not in table
+
+
 def test_report_names_the_file_with_a_missing_key(tmp_path, capsys):
     _write_run(tmp_path, "pool", 0, 0.1, 0.4, 0.1, 0.2)
     path = tmp_path / "pool_s0" / "metrics.json"
