@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from bench.report import write_json
 from maskrcnn.evaluation import CocoEvaluator
 from maskrcnn.runinfo import device_description
 
@@ -130,9 +131,7 @@ def main() -> None:
         "max_metric_difference": max_diff,
         **report,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
+from bench.report import write_json
 from maskrcnn.data.coco import CocoInstances
 from maskrcnn.runinfo import device_description
 
@@ -184,9 +185,7 @@ def main() -> None:
         "machine": device_description(),
         "records": records,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

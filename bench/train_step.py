@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
+from bench.report import write_json
 from maskrcnn.model import build_model
 from maskrcnn.runinfo import device_description
 
@@ -220,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(out, report)
     return report
 
 
