@@ -35,7 +35,7 @@ export MAX_JOBS="${MAX_JOBS:-16}"
 step build python3 -m ops.build
 # `import ops` JIT-builds CPU+CUDA when a GPU is present; do it here so a compile error has its own log.
 step build_cuda python3 -c "from ops import build; build.load(verbose=True); import torch; print(torch.ops.roi_ops.roi_align_forward)"
-step tests python3 -m pytest -q -rs tests/test_ops.py tests/test_ops_cuda.py --junitxml="$OUT/tests.xml"
+step tests python3 -m pytest -q -rs tests/test_ops.py tests/test_ops_cuda.py tests/test_multilevel.py --junitxml="$OUT/tests.xml"
 for dt in float32 bfloat16; do
     step "bench_$dt" python3 bench/roi_ops.py --device cuda --dtype "$dt"
 done

@@ -1,14 +1,24 @@
 """Benchmark our RoI ops against torchvision.ops on a Mask R-CNN FPN-like workload.
 
 Workload: 2 images of 800x1088, 256 channels, FPN maps at strides 4/8/16/32, 512 random realistic boxes per
-image mapped to levels with floor(4 + log2(sqrt(area) / 224) + eps) clamped to [2, 5]; one op call per
-level (as MultiScaleRoIAlign does). Outputs 7x7 (box head) and 14x14 (mask head).
+image mapped to levels with floor(4 + log2(sqrt(area) / 224) + eps) clamped to [2, 5]. Outputs 7x7 (box
+head) and 14x14 (mask head). Three ways to pool it:
+
+* ours / tv: one op call per level on rois already grouped by level (as MultiScaleRoIAlign does, minus the
+  cost of its grouping, which neither side pays here);
+* fused: one ``ops.multilevel_roi`` call for all levels, rois in their original order with a level per RoI.
 
     python -m bench.roi_ops --device cpu --dtype float32 --repeat 3
 
 Prints a table (ms, speed-up = torchvision / ours) and writes bench/results/roi_ops_<device>.json
 (roi_ops_<device>_<dtype>.json for dtypes other than float32). Boxes are float32 for bfloat16 features
 (as under autocast; ``ops`` uses them in float32) and in the feature dtype for torchvision, which needs that.
+
+Memory bandwidth: these ops are memory-bound, so each row also gives the effective bandwidth of our fused
+call as a fraction of the device's measured copy bandwidth (``x.copy_(y)`` of 256 MiB, read + write). The
+traffic counted is the compulsory one: forward reads every feature map once and writes the output; backward
+reads the output gradient and writes the input gradient of every map. A fraction near 1 means the op is at
+the physical limit; gathers from a feature map read more than the compulsory bytes, so it stays below.
 """
 
 from __future__ import annotations
@@ -54,11 +64,33 @@ def make_workload(device, dtype, channels=256, images=2, rois_per_image=512, see
     area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
     lvl = torch.floor(4 + torch.log2(area.clamp(min=1e-6).sqrt() / 224) + 1e-6).clamp(2, 5).long() - 2
     per_level = [rois[lvl == i].to(device=device) for i in range(len(STRIDES))]
-    return feats, per_level
+    return feats, per_level, rois.to(device), lvl.to(device)
 
 
-def multilevel(fn, feats, per_level):
+def per_level_calls(fn, feats, per_level):
     return [fn(f, r, 1.0 / s) for f, r, s in zip(feats, per_level, STRIDES, strict=True)]
+
+
+def fused_call(kind, out, sr):
+    scales = [1.0 / s for s in STRIDES]
+    return lambda feats, rois, levels: [
+        ops.multilevel_roi(feats, rois, levels, out, scales, kind, sr, aligned=True, validate=False)
+    ]
+
+
+def copy_bandwidth(device, repeat, mib=256):
+    """Measured device copy bandwidth in GB/s (bytes read + bytes written per second)."""
+    src = torch.empty(mib << 20, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    ms = time_it(lambda: dst.copy_(src), device, max(repeat, 5))
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def compulsory_bytes(feats, rois, out):
+    """Forward and forward+backward compulsory traffic in bytes (see the module docstring)."""
+    maps = sum(f.numel() * f.element_size() for f in feats)
+    output = rois.shape[0] * feats[0].shape[1] * out * out * feats[0].element_size()
+    return maps + output, 2 * (maps + output)
 
 
 def sync(device):
@@ -79,34 +111,38 @@ def time_it(run, device, repeat):
 
 
 def cases():
+    """(name, output side, ours per level, torchvision per level, ours fused)."""
     for out in (7, 14):
         for sr in (2, 0):
             yield (
                 f"roi_align avg aligned {out}x{out} sr={sr}",
+                out,
                 lambda x, r, s, out=out, sr=sr: ops.roi_align(x, r, out, s, sr, aligned=True),
                 lambda x, r, s, out=out, sr=sr: torchvision.ops.roi_align(
                     x, r.to(x.dtype), out, s, sr, aligned=True
                 ),
+                fused_call("align", out, sr),
             )
     for out in (7, 14):
         yield (
             f"roi_pool {out}x{out}",
+            out,
             lambda x, r, s, out=out: ops.roi_pool(x, r, out, s),
             lambda x, r, s, out=out: torchvision.ops.roi_pool(x, r.to(x.dtype), out, s),
+            fused_call("pool", out, 0),
         )
 
 
-def measure(fn, feats, per_level, device, repeat):
-    fwd = time_it(lambda: multilevel(fn, feats, per_level), device, repeat)
+def measure(call, feats, device, repeat):
+    """Median ms of ``call(feats)`` (a list of outputs), forward and forward + backward."""
+    fwd = time_it(lambda: call(feats), device, repeat)
     leaves = [f.detach().requires_grad_() for f in feats]
-    outs = multilevel(fn, leaves, per_level)
-    grads = [torch.randn_like(o) for o in outs]
+    grads = [torch.randn_like(o) for o in call(leaves)]
 
     def fwd_bwd():
         for f in leaves:
             f.grad = None
-        os_ = multilevel(fn, leaves, per_level)
-        torch.autograd.backward(os_, grads)
+        torch.autograd.backward(call(leaves), grads)
 
     return fwd, time_it(fwd_bwd, device, repeat)
 
@@ -140,26 +176,31 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     info = machine(device)
-    feats, per_level = make_workload(device, dtype)
+    feats, per_level, rois, levels = make_workload(device, dtype)
     rois_per_level = [int(r.shape[0]) for r in per_level]
+    copy_gbs = copy_bandwidth(device, args.repeat)
     print(f"device={device} dtype={args.dtype} repeat={args.repeat} rois per level (P2..P5)={rois_per_level}")
     print(
         f"machine: {info['cpu_model']}, {info['cpu_cores']} cores, torch {info['torch']}, "
         f"load avg {info['load_average_at_start'][0]:.2f}" + (f", GPU {info['gpu']}" if info["gpu"] else "")
     )
+    print(f"measured copy bandwidth: {copy_gbs:.1f} GB/s")
     header = (
-        f"{'case':38s} {'ours fwd':>9s} {'tv fwd':>9s} {'x':>6s} {'ours f+b':>9s} {'tv f+b':>9s} {'x':>6s}"
+        f"{'case':30s} {'ours fwd':>9s} {'tv fwd':>9s} {'x':>5s} {'ours f+b':>9s} {'tv f+b':>9s} {'x':>5s}"
+        f" {'fused fwd':>9s} {'fused f+b':>9s} {'bw f+b':>6s}"
     )
     print(header)
     print("-" * len(header))
     rows = []
-    for name, ours, tv in cases():
-        o_f, o_fb = measure(ours, feats, per_level, device, args.repeat)
+    for name, out, ours, tv, fused in cases():
+        o_f, o_fb = measure(lambda fs, fn=ours: per_level_calls(fn, fs, per_level), feats, device, args.repeat)
         try:
-            t_f, t_fb = measure(tv, feats, per_level, device, args.repeat)
+            t_f, t_fb = measure(lambda fs, fn=tv: per_level_calls(fn, fs, per_level), feats, device, args.repeat)
         except RuntimeError as exc:  # e.g. a dtype torchvision does not support on this device
             print(f"{name}: torchvision failed: {str(exc).splitlines()[0]}")
             t_f = t_fb = float("nan")
+        f_f, f_fb = measure(lambda fs, fn=fused: fn(fs, rois, levels), feats, device, args.repeat)
+        fwd_bytes, fwd_bwd_bytes = compulsory_bytes(feats, rois, out)
         row = {
             "case": name,
             "ours_fwd_ms": o_f,
@@ -168,9 +209,16 @@ def main(argv=None):
             "ours_fwd_bwd_ms": o_fb,
             "tv_fwd_bwd_ms": t_fb,
             "speedup_fwd_bwd": t_fb / o_fb,
+            "fused_fwd_ms": f_f,
+            "fused_fwd_bwd_ms": f_fb,
+            "fused_fwd_bandwidth_fraction": fwd_bytes / (f_f * 1e-3) / 1e9 / copy_gbs,
+            "fused_fwd_bwd_bandwidth_fraction": fwd_bwd_bytes / (f_fb * 1e-3) / 1e9 / copy_gbs,
         }
         rows.append(row)
-        print(f"{name:38s} {o_f:9.1f} {t_f:9.1f} {t_f / o_f:6.2f} {o_fb:9.1f} {t_fb:9.1f} {t_fb / o_fb:6.2f}")
+        print(
+            f"{name:30s} {o_f:9.1f} {t_f:9.1f} {t_f / o_f:5.2f} {o_fb:9.1f} {t_fb:9.1f} {t_fb / o_fb:5.2f}"
+            f" {f_f:9.1f} {f_fb:9.1f} {row['fused_fwd_bwd_bandwidth_fraction']:6.3f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
     out = Path(args.out) if args.out else RESULTS / f"roi_ops_{args.device}{suffix}.json"
@@ -180,6 +228,7 @@ def main(argv=None):
         "dtype": args.dtype,
         "repeat": args.repeat,
         "machine": info,
+        "copy_bandwidth_gb_s": copy_gbs,
         "workload": {
             "images": 2,
             "channels": 256,

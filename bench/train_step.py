@@ -38,7 +38,7 @@ from maskrcnn.runinfo import device_description
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PARTS = ("transform", "backbone", "rpn", "roi_heads")
-ROI_OP_NAMES = ("roi_align", "roi_pool", "roi_warp")  # ours (roi_ops::...) and torchvision::roi_align, + backward
+ROI_OP_NAMES = ("roi_align", "roi_pool", "roi_warp", "multilevel_roi")  # ours (roi_ops::...), torchvision::roi_align
 
 
 def build(impl: str, size: tuple[int, int]) -> nn.Module:

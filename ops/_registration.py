@@ -100,6 +100,36 @@ def _(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size
     return _fake_backward(grad, rois, batch_size, channels, height, width)
 
 
+@torch.library.register_fake("roi_ops::multilevel_roi_forward")
+def _(inputs, rois, levels, spatial_scales, kind, pooled_height, pooled_width, sampling_ratio, aligned, max_mode):
+    torch._check(len(inputs) > 0, lambda: "multilevel_roi_forward needs at least one feature map")
+    torch._check(levels.dim() == 1 and levels.shape[0] == rois.shape[0], lambda: "levels must be [K]")
+    return _fake_forward(inputs[0], rois, pooled_height, pooled_width, kind == "pool" or max_mode)
+
+
+@torch.library.register_fake("roi_ops::multilevel_roi_backward")
+def _(
+    grad,
+    rois,
+    levels,
+    argmax,
+    spatial_scales,
+    kind,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    heights,
+    widths,
+    sampling_ratio,
+    aligned,
+    max_mode,
+):
+    return [
+        _fake_backward(grad, rois, batch_size, channels, h, w) for h, w in zip(heights, widths, strict=True)
+    ]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Autograd: the forward ops are differentiable w.r.t. `input` only (not the boxes).
 def _setup_context(ctx, inputs, output):
@@ -134,6 +164,28 @@ def _pool_backward(ctx, grad_out, grad_argmax):
     return grad_input, None, None, None, None
 
 
+def _multilevel_setup_context(ctx, inputs, output):
+    features, rois, levels = inputs[:3]
+    ctx.params = inputs[3:]
+    heights, widths = [f.shape[2] for f in features], [f.shape[3] for f in features]
+    ctx.shapes = (features[0].shape[0], features[0].shape[1], heights, widths)
+    ctx.save_for_backward(rois, levels, output[1])
+
+
+def _multilevel_backward(ctx, grad_out, grad_argmax):
+    rois, levels, argmax = ctx.saved_tensors
+    spatial_scales, kind, ph, pw, sampling_ratio, aligned, max_mode = ctx.params
+    batch_size, channels, heights, widths = ctx.shapes
+    grads = _ops.multilevel_roi_backward(
+        grad_out, rois, levels, argmax, spatial_scales, kind, ph, pw, batch_size, channels, heights, widths,
+        sampling_ratio, aligned, max_mode,
+    )
+    return grads, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "roi_ops::multilevel_roi_forward", _multilevel_backward, setup_context=_multilevel_setup_context
+)
 torch.library.register_autograd("roi_ops::roi_align_forward", _align_backward, setup_context=_setup_context)
 torch.library.register_autograd("roi_ops::roi_warp_forward", _warp_backward, setup_context=_setup_context)
 torch.library.register_autograd("roi_ops::roi_pool_forward", _pool_backward, setup_context=_setup_context)

@@ -58,7 +58,7 @@ def coord_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
-def to_rois(input: Tensor, boxes, op: str) -> Tensor:
+def to_rois(input: Tensor, boxes, op: str, validate: bool = True) -> Tensor:
     """Checks ``input`` and converts ``boxes`` (Tensor[K, 5] or list of Tensor[L, 4]) to rois [K, 5].
 
     The rois come back in :func:`coord_dtype` of the input (boxes of any floating dtype are cast to it).
@@ -96,9 +96,50 @@ def to_rois(input: Tensor, boxes, op: str) -> Tensor:
             f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
         )
 
-    if not torch.compiler.is_compiling():
+    if validate and not torch.compiler.is_compiling():
         _check_values(rois, input.shape[0], op)
     return rois
+
+
+def check_levels(features: list[Tensor], rois, levels, spatial_scales, validate: bool) -> list[float]:
+    """Checks a pyramid (same dtype, device, N and C on every level) and the per-RoI levels.
+
+    Returns the spatial scales as floats. With ``validate`` the level values are checked too (a host sync on
+    the GPU).
+    """
+    op = "multilevel_roi"
+    if not features:
+        raise ValueError(f"{op}: features is empty; pass one Tensor[N, C, H, W] per pyramid level")
+    scales = list(spatial_scales)
+    if len(scales) != len(features):
+        raise ValueError(f"{op}: got {len(features)} feature maps but {len(scales)} spatial_scales")
+    first = features[0]
+    for i, f in enumerate(features):
+        if not isinstance(f, Tensor) or f.dim() != 4:
+            shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+            raise ValueError(f"{op}: features[{i}] must be a Tensor[N, C, H, W], got {shape}")
+        if (f.dtype, f.device, f.shape[:2]) != (first.dtype, first.device, first.shape[:2]):
+            raise ValueError(
+                f"{op}: features[{i}] is {f.dtype} {tuple(f.shape)} on {f.device} but features[0] is "
+                f"{first.dtype} {tuple(first.shape)} on {first.device}; all levels need the same dtype, "
+                "device, N and C"
+            )
+    scales = [check_scalars(s)[0] for s in scales]
+    if not isinstance(levels, Tensor) or levels.dtype != torch.int64 or levels.dim() != 1:
+        what = f"{levels.dtype} {tuple(levels.shape)}" if isinstance(levels, Tensor) else type(levels).__name__
+        raise ValueError(f"{op}: levels must be an int64 Tensor[K], got {what}")
+    if not isinstance(rois, Tensor) or levels.shape[0] != rois.shape[0]:
+        raise ValueError(f"{op}: levels has {levels.shape[0]} entries but rois is not a Tensor[{levels.shape[0]}, 5]")
+    if levels.device != first.device:
+        raise ValueError(f"{op}: device mismatch: levels is on {levels.device} but features on {first.device}")
+    if validate and not torch.compiler.is_compiling() and levels.numel() > 0:
+        bad = (levels < 0) | (levels >= len(features))
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"{op}: level {int(levels[row])} of RoI row {row} is outside [0, {len(features)})"
+            )
+    return scales
 
 
 def _check_box_tensor(input: Tensor, b: Tensor, op: str, name: str) -> None:

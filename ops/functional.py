@@ -11,17 +11,28 @@ Shapes: N images, C channels, H x W feature map, K RoIs, output ph x pw.
   misalignment RoIAlign exists to remove, so the geometry never runs in the low-precision dtype. This is
   also what ``torch.autocast`` produces: bfloat16 features with float32 boxes.
 * returns Tensor[K, C, ph, pw] in the input's dtype; differentiable w.r.t. ``input``.
+
+VALIDATE. Shapes, dtypes and devices are always checked. With ``validate=True`` (the default) the box
+values are checked too: finite coordinates and integer batch indices in ``[0, N)`` (plus the levels of
+:func:`multilevel_roi`), each error naming the offending row. On the GPU that check reads the values back
+to the host, one sync per call; a caller that builds the boxes itself (the detector's RoI heads) passes
+``validate=False``. The kernels never read out of bounds either way: on the GPU a RoI with a bad batch
+index or level outputs 0 and gets no gradient, and a non-finite box has no valid samples.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from . import _registration  # noqa: F401  (loads the extension, registers fake kernels + autograd)
-from ._validation import check_pool_mode, check_scalars, pair, to_rois
+from ._validation import check_levels, check_pool_mode, check_scalars, pair, to_rois
 
-__all__ = ["roi_align", "roi_pool", "roi_warp"]
+__all__ = ["multilevel_roi", "roi_align", "roi_pool", "roi_warp"]
+
+KINDS = ("align", "warp", "pool")
 
 
 def roi_align(
@@ -32,6 +43,7 @@ def roi_align(
     sampling_ratio: int = -1,
     aligned: bool = False,
     pool_mode: str = "avg",
+    validate: bool = True,
 ) -> Tensor:
     """RoIAlign (Mask R-CNN). With ``pool_mode="avg"`` it equals ``torchvision.ops.roi_align``.
 
@@ -52,6 +64,7 @@ def roi_align(
         sampling_ratio: samples per bin per axis; <= 0 for adaptive.
         aligned: shift the box by -0.5 pixel (pixel-centre alignment).
         pool_mode: ``"avg"`` or ``"max"``.
+        validate: check the box values (finite, integer batch indices in range); see VALIDATE above.
 
     Returns:
         Tensor[K, C, ph, pw].
@@ -59,7 +72,7 @@ def roi_align(
     max_mode = check_pool_mode(pool_mode)
     ph, pw = pair(output_size)
     scale, sr = check_scalars(spatial_scale, sampling_ratio)
-    rois = to_rois(input, boxes, "roi_align")
+    rois = to_rois(input, boxes, "roi_align", validate)
     out, _ = torch.ops.roi_ops.roi_align_forward(input, rois, scale, ph, pw, sr, bool(aligned), max_mode)
     return out
 
@@ -69,6 +82,7 @@ def roi_pool(
     boxes: Tensor | list[Tensor],
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
+    validate: bool = True,
 ) -> Tensor:
     """RoIPool (Fast R-CNN); equals ``torchvision.ops.roi_pool``.
 
@@ -82,13 +96,14 @@ def roi_pool(
         boxes: Tensor[K, 5] or list of Tensor[L, 4].
         output_size: ``ph`` or ``(ph, pw)``.
         spatial_scale: feature-map size / image size.
+        validate: check the box values; see VALIDATE above.
 
     Returns:
         Tensor[K, C, ph, pw].
     """
     ph, pw = pair(output_size)
     scale, _ = check_scalars(spatial_scale)
-    rois = to_rois(input, boxes, "roi_pool")
+    rois = to_rois(input, boxes, "roi_pool", validate)
     out, _ = torch.ops.roi_ops.roi_pool_forward(input, rois, scale, ph, pw)
     return out
 
@@ -100,6 +115,7 @@ def roi_warp(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     pool_mode: str = "max",
+    validate: bool = True,
 ) -> Tensor:
     """RoIWarp (the Mask R-CNN paper's ablation): RoIPool's quantization + RoIAlign's bilinear sampling.
 
@@ -122,6 +138,7 @@ def roi_warp(
         spatial_scale: feature-map size / image size.
         sampling_ratio: samples per bin per axis; <= 0 for adaptive.
         pool_mode: ``"max"`` or ``"avg"``.
+        validate: check the box values; see VALIDATE above.
 
     Returns:
         Tensor[K, C, ph, pw].
@@ -129,6 +146,52 @@ def roi_warp(
     max_mode = check_pool_mode(pool_mode)
     ph, pw = pair(output_size)
     scale, sr = check_scalars(spatial_scale, sampling_ratio)
-    rois = to_rois(input, boxes, "roi_warp")
+    rois = to_rois(input, boxes, "roi_warp", validate)
     out, _ = torch.ops.roi_ops.roi_warp_forward(input, rois, scale, ph, pw, sr, max_mode)
+    return out
+
+
+def multilevel_roi(
+    features: Sequence[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scales: Sequence[float],
+    kind: str = "align",
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    pool_mode: str = "avg",
+    validate: bool = True,
+) -> Tensor:
+    """RoIAlign, RoIWarp or RoIPool over a feature pyramid in one call: RoI k reads ``features[levels[k]]``.
+
+    The result equals running the single-level op (:func:`roi_align`, :func:`roi_warp`, :func:`roi_pool`)
+    on each level's RoIs with that level's ``spatial_scale`` and putting the rows back in RoI order, but
+    without the grouping: no sort, no per-level gather/scatter, no host sync for the group sizes, and one
+    kernel launch for all levels (forward and backward).
+
+    Args:
+        features: L maps Tensor[N, C, H_l, W_l] of one dtype and device (any H_l, W_l).
+        rois: Tensor[K, 5] rows ``(batch_idx, x1, y1, x2, y2)`` in input-image coordinates.
+        levels: Int64[K], the index into ``features`` of each RoI.
+        output_size: ``ph`` or ``(ph, pw)``.
+        spatial_scales: L floats, feature-map size / image size of each level (e.g. 1/4, 1/8, ...).
+        kind: ``"align"``, ``"warp"`` or ``"pool"``.
+        sampling_ratio, aligned, pool_mode: as in the single-level ops (pool uses none; warp ignores aligned).
+        validate: check the RoI values and the levels; see VALIDATE above.
+
+    Returns:
+        Tensor[K, C, ph, pw], differentiable w.r.t. every feature map.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    max_mode = kind == "pool" or check_pool_mode(pool_mode)
+    ph, pw = pair(output_size)
+    _, sr = check_scalars(1.0, sampling_ratio)
+    features = list(features)
+    scales = check_levels(features, rois, levels, spatial_scales, validate)
+    rois = to_rois(features[0], rois, "multilevel_roi", validate)
+    out, _ = torch.ops.roi_ops.multilevel_roi_forward(
+        features, rois, levels, scales, kind, ph, pw, sr, bool(aligned), max_mode
+    )
     return out

@@ -66,16 +66,8 @@ class RoIExtractor(nn.Module):
             return self.op(maps[0], rois, self.output_size, 1.0 / self.strides[0])
 
         levels = level_of_boxes(rois[:, 1:], self.min_level, self.max_level, self.canonical_scale, self.canonical_level)
-        # Group the RoIs by level with one sort: one host sync (the group sizes) instead of one per level,
-        # and one gather back to the input order instead of a copy of the whole output per level.
-        order = torch.argsort(levels, stable=True)
-        counts = torch.bincount(levels - self.min_level, minlength=len(maps)).tolist()
-        groups = rois[order].split(counts)
-        pooled = [
-            self.op(feature, group, self.output_size, 1.0 / stride)
-            for feature, group, stride in zip(maps, groups, self.strides, strict=True)
-        ]
-        return torch.cat(pooled)[torch.argsort(order)]
+        scales = [1.0 / stride for stride in self.strides]
+        return self.op.multilevel(maps, rois, levels - self.min_level, self.output_size, scales)
 
     def extra_repr(self) -> str:
         return f"featmaps={self.featmap_names}, strides={self.strides}, output_size={self.output_size}"

@@ -45,21 +45,56 @@ class RoIOp(nn.Module):
         self.kind, self.pool_mode, self.aligned = kind, pool_mode, aligned
         self.sampling_ratio, self.impl = sampling_ratio, impl
 
+    # Our rois come from our own proposals and boxes (valid batch indices by construction), so the ops'
+    # value checks, a host sync per call on the GPU, are skipped (validate=False).
     def forward(self, features: Tensor, rois: Tensor, output_size: int, spatial_scale: float) -> Tensor:
         """features [N, C, H, W], rois [R, 5] (batch index, x1, y1, x2, y2) -> [R, C, ph, pw]."""
         size = (output_size, output_size)
         if self.kind == "pool":
-            pool = torchvision.ops.roi_pool if self.impl == "torchvision" else ops.roi_pool
-            return pool(features, rois, size, spatial_scale)
+            if self.impl == "torchvision":
+                return torchvision.ops.roi_pool(features, rois, size, spatial_scale)
+            return ops.roi_pool(features, rois, size, spatial_scale, validate=False)
         if self.kind == "warp":
-            return ops.roi_warp(features, rois, size, spatial_scale, self.sampling_ratio, self.pool_mode)
-        if self.impl == "torchvision":
-            return torchvision.ops.roi_align(
-                features, rois, size, spatial_scale, self.sampling_ratio, self.aligned
+            return ops.roi_warp(
+                features, rois, size, spatial_scale, self.sampling_ratio, self.pool_mode, validate=False
             )
+        if self.impl == "torchvision":
+            return torchvision.ops.roi_align(features, rois, size, spatial_scale, self.sampling_ratio, self.aligned)
         return ops.roi_align(
-            features, rois, size, spatial_scale, self.sampling_ratio, self.aligned, self.pool_mode
+            features, rois, size, spatial_scale, self.sampling_ratio, self.aligned, self.pool_mode, validate=False
         )
+
+    def multilevel(
+        self, features: list[Tensor], rois: Tensor, levels: Tensor, output_size: int, spatial_scales: list[float]
+    ) -> Tensor:
+        """features L x [N, C, H_l, W_l], rois [R, 5], levels Int64[R] in [0, L) -> [R, C, ph, pw].
+
+        Our op reads every RoI from its own level in one call: no grouping and no host sync. torchvision has
+        no such op, so impl=torchvision groups the RoIs by level, as its MultiScaleRoIAlign does.
+        """
+        if self.impl == "ours":
+            return ops.multilevel_roi(
+                features,
+                rois,
+                levels,
+                output_size,
+                spatial_scales,
+                self.kind,
+                self.sampling_ratio,
+                self.aligned,
+                self.pool_mode,
+                validate=False,
+            )
+        # One sort: one host sync (the group sizes) instead of one per level, and one gather back to the
+        # input order instead of a copy of the whole output per level.
+        order = torch.argsort(levels, stable=True)
+        counts = torch.bincount(levels, minlength=len(features)).tolist()
+        groups = rois[order].split(counts)
+        pooled = [
+            self(feature, group, output_size, scale)
+            for feature, group, scale in zip(features, groups, spatial_scales, strict=True)
+        ]
+        return torch.cat(pooled)[torch.argsort(order)]
 
     def extra_repr(self) -> str:
         extra = (

@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from bench import train_step
+from bench import roi_ops, train_step
 
 
 @pytest.mark.slow
@@ -46,7 +47,7 @@ def test_train_step_bench_compares_the_same_work(tmp_path):
         assert 0.5 < sum(result["breakdown"].values()) <= 1.004, "sections cover the step (7 shares rounded to 1e-3)"
         assert 0 < result["roi_ops_share"] < 1
     # Each side really runs its own RoI op, forward and backward.
-    assert any(k.startswith("roi_ops::roi_align_backward") for k in ours["roi_op_kernels"])
+    assert any(k.startswith("roi_ops::multilevel_roi_backward") for k in ours["roi_op_kernels"])
     assert not any("torchvision" in k for k in ours["roi_op_kernels"])
     assert any(k.startswith("torchvision::_roi_align_backward") for k in torchvision["roi_op_kernels"])
 
@@ -61,3 +62,22 @@ def test_synthetic_targets_look_like_coco():
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
         assert (boxes[:, 2] <= 96).all() and (boxes[:, 3] <= 64).all()
         assert (target["masks"].flatten(1).sum(1) > 0).all(), "every instance has mask pixels"
+
+
+def test_roi_ops_bench_fused_and_per_level_calls_do_the_same_work():
+    """The fused row times one multilevel_roi call over the same rois the per-level rows pool level by level."""
+    device = torch.device("cpu")
+    feats, per_level, rois, levels = roi_ops.make_workload(device, torch.float32, channels=4, rois_per_image=64)
+    assert [int(r.shape[0]) for r in per_level] == torch.bincount(levels, minlength=4).tolist()
+    for name, _size, ours, tv, fused in roi_ops.cases():
+        (fused_out,) = fused(feats, rois, levels)
+        by_level = roi_ops.per_level_calls(ours, feats, per_level)
+        regrouped = torch.cat([fused_out[levels == i] for i in range(len(by_level))])
+        assert torch.equal(regrouped, torch.cat(by_level)), name
+        torch.testing.assert_close(torch.cat(roi_ops.per_level_calls(tv, feats, per_level)), regrouped)
+        fwd_ms, fwd_bwd_ms = roi_ops.measure(lambda fs, fn=fused: fn(fs, rois, levels), feats, device, 1)
+        assert fwd_ms > 0 and fwd_bwd_ms > 0
+    assert roi_ops.copy_bandwidth(device, 1, mib=8) > 0
+    fwd_bytes, fwd_bwd_bytes = roi_ops.compulsory_bytes(feats, rois, 7)
+    assert fwd_bytes == sum(f.numel() * 4 for f in feats) + rois.shape[0] * 4 * 49 * 4
+    assert fwd_bwd_bytes == 2 * fwd_bytes

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
+#include <cmath>
 #include <cstdlib>
 #include <new>
 #include <string>
@@ -48,7 +49,6 @@ enum class Kind { Align, Warp };
 
 struct SampleParams {
   Kind kind;
-  double spatial_scale;
   int64_t pooled_h, pooled_w, sampling_ratio;
   bool aligned;
 };
@@ -86,9 +86,9 @@ struct RoiTable {
   AxisTable<T> y, x;
   T count = T(1);  // max(grid_h * grid_w, 1)
 
-  void build(const T* roi, const SampleParams& sp, int64_t H, int64_t W) {
+  void build(const T* roi, const SampleParams& sp, double scale, int64_t H, int64_t W) {
     n = static_cast<int64_t>(roi[0]);
-    const T s = static_cast<T>(sp.spatial_scale);
+    const T s = static_cast<T>(scale);
     AxisGeom<T> gy, gx;
     if (sp.kind == Kind::Align) {
       gy = align_axis<T>(roi[2], roi[4], s, sp.aligned, sp.pooled_h, sp.sampling_ratio);
@@ -212,6 +212,93 @@ std::vector<std::vector<int64_t>> rois_by_image(const T* rois, int64_t K, int64_
 }
 
 // ------------------------------------------------------------------------------------------------
+// The feature maps an op reads: one map, or the levels of an FPN pyramid plus each RoI's level. All
+// levels share N, C, the dtype and the device; level l has its own H, W and spatial scale.
+struct Levels {
+  int64_t N = 0, C = 0;
+  std::vector<int64_t> H, W;
+  std::vector<double> scale;
+  std::vector<int64_t> of_roi;  // level of each RoI; empty: every RoI reads level 0
+
+  int64_t count() const { return static_cast<int64_t>(H.size()); }
+  int64_t of(int64_t k) const { return of_roi.empty() ? 0 : of_roi[k]; }
+  int64_t plane(int64_t l) const { return H[l] * W[l]; }
+};
+
+Levels one_level(int64_t N, int64_t C, int64_t H, int64_t W, double scale) {
+  Levels lv;
+  lv.N = N;
+  lv.C = C;
+  lv.H = {H};
+  lv.W = {W};
+  lv.scale = {scale};
+  return lv;
+}
+
+// Levels from their shapes; `levels` (int64 [K], each in [0, L)) gives the level of each RoI.
+Levels pyramid(int64_t N, int64_t C, at::IntArrayRef heights, at::IntArrayRef widths, at::ArrayRef<double> scales,
+               const Tensor& levels, int64_t K, const char* op) {
+  const int64_t L = static_cast<int64_t>(heights.size());
+  TORCH_CHECK(L > 0, op, ": needs at least one feature map");
+  TORCH_CHECK(static_cast<int64_t>(widths.size()) == L && static_cast<int64_t>(scales.size()) == L, op,
+              ": got ", L, " feature maps but ", widths.size(), " widths and ", scales.size(), " spatial scales");
+  TORCH_CHECK(levels.scalar_type() == at::kLong && levels.dim() == 1 && levels.size(0) == K, op,
+              ": levels must be an int64 [K] = [", K, "] tensor, got ", levels.scalar_type(), " ", levels.sizes());
+  TORCH_CHECK(levels.device().is_cpu(), op, ": expected CPU tensors");
+  Levels lv;
+  lv.N = N;
+  lv.C = C;
+  lv.H.assign(heights.begin(), heights.end());
+  lv.W.assign(widths.begin(), widths.end());
+  lv.scale.assign(scales.begin(), scales.end());
+  for (int64_t l = 0; l < L; ++l) {
+    TORCH_CHECK(lv.H[l] >= 0 && lv.W[l] >= 0, op, ": negative size of feature map ", l);
+    TORCH_CHECK(std::isfinite(lv.scale[l]) && lv.scale[l] > 0, op, ": spatial scale ", l, " must be > 0, got ",
+                lv.scale[l]);
+  }
+  const Tensor lc = levels.contiguous();
+  const int64_t* p = lc.data_ptr<int64_t>();
+  lv.of_roi.assign(p, p + K);
+  for (int64_t k = 0; k < K; ++k) {
+    TORCH_CHECK(lv.of_roi[k] >= 0 && lv.of_roi[k] < L, op, ": level ", lv.of_roi[k], " of RoI row ", k,
+                " is outside [0, ", L, ")");
+  }
+  return lv;
+}
+
+// Checks that the maps of a pyramid agree with each other and with the rois; returns them contiguous.
+std::vector<Tensor> pyramid_inputs(at::TensorList inputs, const Tensor& rois, int64_t ph, int64_t pw,
+                                   const char* op) {
+  TORCH_CHECK(!inputs.empty(), op, ": needs at least one feature map");
+  std::vector<Tensor> maps;
+  for (size_t l = 0; l < inputs.size(); ++l) {
+    const Tensor& x = inputs[l];
+    check_input_rois(x, rois, ph, pw, op);
+    TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors");
+    TORCH_CHECK(x.scalar_type() == inputs[0].scalar_type() && x.size(0) == inputs[0].size(0) &&
+                    x.size(1) == inputs[0].size(1),
+                op, ": feature map ", l, " is ", x.scalar_type(), " ", x.sizes(), " but map 0 is ",
+                inputs[0].scalar_type(), " ", inputs[0].sizes(), "; all maps need the same dtype, N and C");
+    maps.push_back(x.contiguous());
+  }
+  return maps;
+}
+
+template <typename scalar_t>
+std::vector<const scalar_t*> data_ptrs(const std::vector<Tensor>& maps) {
+  std::vector<const scalar_t*> p;
+  for (const Tensor& m : maps) p.push_back(m.data_ptr<scalar_t>());
+  return p;
+}
+
+// One uninitialized gradient buffer [N, C, H_l, W_l] per level.
+std::vector<Tensor> level_buffers(const Levels& lv, at::ScalarType dtype) {
+  std::vector<Tensor> out;
+  for (int64_t l = 0; l < lv.count(); ++l) out.push_back(new_buffer({lv.N, lv.C, lv.H[l], lv.W[l]}, dtype));
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
 // RoIAlign / RoIWarp forward
 template <typename scalar_t, typename T>
 inline void avg_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int64_t ph, int64_t pw,
@@ -279,41 +366,41 @@ inline void max_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int
   }
 }
 
-std::tuple<Tensor, Tensor> sampled_forward(const Tensor& input_, const Tensor& rois_, const SampleParams& sp,
-                                           bool max_mode, const char* op) {
-  check_input_rois(input_, rois_, sp.pooled_h, sp.pooled_w, op);
-  TORCH_CHECK(input_.device().is_cpu(), op, ": expected CPU tensors");
-  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
-  const int64_t K = rois_.size(0), ph = sp.pooled_h, pw = sp.pooled_w;
-  Tensor output = new_buffer({K, C, ph, pw}, input_.scalar_type());  // every element is written below
+std::tuple<Tensor, Tensor> sampled_forward(const std::vector<Tensor>& inputs, const Tensor& rois_, const Levels& lv,
+                                           const SampleParams& sp, bool max_mode, const char* op) {
+  const int64_t N = lv.N, C = lv.C, K = rois_.size(0), ph = sp.pooled_h, pw = sp.pooled_w;
+  const at::ScalarType dtype = inputs[0].scalar_type();
+  Tensor output = new_buffer({K, C, ph, pw}, dtype);  // every element is written below
   Tensor argmax = new_buffer({max_mode ? K : 0, C, ph, pw}, at::kInt);
   if (!max_mode) argmax = argmax.view({0});
   if (K == 0 || C == 0) return {output, argmax};
-  const Tensor input = input_.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_ops_sampled_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "roi_ops_sampled_forward", [&] {
     using T = at::opmath_type<scalar_t>;
     const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
     const T* r = rois.data_ptr<T>();
-    const scalar_t* in = input.data_ptr<scalar_t>();
+    const std::vector<const scalar_t*> in = data_ptrs<scalar_t>(inputs);
     scalar_t* out = output.data_ptr<scalar_t>();
     int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
     // Tables for all RoIs first, then plane-major: each (n, c) plane stays in cache while all RoIs of
     // image n read from it.
     std::vector<RoiTable<T>> tables(K);
     at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) tables[k].build(r + k * 5, sp, H, W);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t l = lv.of(k);
+        tables[k].build(r + k * 5, sp, lv.scale[l], lv.H[l], lv.W[l]);
+      }
     });
     const auto by_image = rois_by_image<T>(r, K, N);
     at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
       for (int64_t nc = b; nc < e; ++nc) {
-        const int64_t n = nc % N, c = nc / N;  // see plane_order below
-        const scalar_t* plane = in + (n * C + c) * H * W;
+        const int64_t n = nc % N, c = nc / N;  // see "plane order" at the top
         for (const int64_t k : by_image[n]) {
-          const int64_t o = (k * C + c) * ph * pw;
+          const int64_t l = lv.of(k), o = (k * C + c) * ph * pw;
+          const scalar_t* plane = in[l] + (n * C + c) * lv.plane(l);
           if (max_mode) {
-            max_bins<scalar_t, T>(tables[k], plane, W, ph, pw, out + o, am + o);
+            max_bins<scalar_t, T>(tables[k], plane, lv.W[l], ph, pw, out + o, am + o);
           } else {
-            avg_bins<scalar_t, T>(tables[k], plane, W, ph, pw, out + o);
+            avg_bins<scalar_t, T>(tables[k], plane, lv.W[l], ph, pw, out + o);
           }
         }
       }
@@ -323,98 +410,130 @@ std::tuple<Tensor, Tensor> sampled_forward(const Tensor& input_, const Tensor& r
 }
 
 // ------------------------------------------------------------------------------------------------
+// Backward (shared by all ops): one gradient per level. grad_input planes are owned by the thread that
+// handles their (n, c), which zeroes them on every level and adds the RoIs of image n in ascending order.
+// add(k, c, level planes of grad_input) adds RoI k's contribution on channel c; it returns false for a
+// corrupt argmax.
+template <typename scalar_t, typename AddRoi>
+std::vector<Tensor> scatter_backward(const Tensor& rois, const Levels& lv, at::ScalarType dtype, const AddRoi& add,
+                                     const char* bad_argmax_message) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool direct = std::is_same<T, scalar_t>::value;
+  const int64_t N = lv.N, C = lv.C, L = lv.count(), K = rois.size(0);
+  std::vector<Tensor> grad_inputs = level_buffers(lv, dtype);
+  if (N * C == 0) return grad_inputs;
+  if (K == 0) {
+    for (Tensor& g : grad_inputs) g.zero_();
+    return grad_inputs;
+  }
+  const std::vector<Tensor> accs = direct ? grad_inputs : level_buffers(lv, rois.scalar_type());
+  std::vector<T*> acc(L);
+  for (int64_t l = 0; l < L; ++l) acc[l] = accs[l].template data_ptr<T>();
+  const auto by_image = rois_by_image<T>(rois.data_ptr<T>(), K, N);
+  std::atomic<bool> bad_argmax{false};
+  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+    std::vector<T*> planes(L);
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc % N, c = nc / N;
+      for (int64_t l = 0; l < L; ++l) {
+        planes[l] = acc[l] + (n * C + c) * lv.plane(l);
+        std::fill(planes[l], planes[l] + lv.plane(l), T(0));
+      }
+      for (const int64_t k : by_image[n]) {
+        if (!add(k, c, planes[lv.of(k)])) bad_argmax = true;
+      }
+    }
+  });
+  TORCH_CHECK(!bad_argmax.load(), bad_argmax_message);
+  if (!direct) {
+    for (int64_t l = 0; l < L; ++l) grad_inputs[l].copy_(accs[l]);
+  }
+  return grad_inputs;
+}
+
+// ------------------------------------------------------------------------------------------------
 // RoIAlign / RoIWarp backward
-Tensor sampled_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const SampleParams& sp,
-                        int64_t N, int64_t C, int64_t H, int64_t W, bool max_mode, const char* op) {
-  check_grad(grad_, rois_, sp.pooled_h, sp.pooled_w, N, C, H, W, op);
+std::vector<Tensor> sampled_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const Levels& lv,
+                                     const SampleParams& sp, bool max_mode, const char* op) {
+  for (int64_t l = 0; l < lv.count(); ++l) check_grad(grad_, rois_, sp.pooled_h, sp.pooled_w, lv.N, lv.C, lv.H[l], lv.W[l], op);
   TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
   if (max_mode) check_argmax(argmax_, grad_, op);
-  const int64_t K = rois_.size(0), ph = sp.pooled_h, pw = sp.pooled_w;
-  Tensor grad_input = new_buffer({N, C, H, W}, grad_.scalar_type());
-  if (N * C * H * W == 0) return grad_input;
-  if (K == 0) return grad_input.zero_();
+  const int64_t K = rois_.size(0), C = lv.C, ph = sp.pooled_h, pw = sp.pooled_w;
   const Tensor grad = grad_.contiguous();
   const Tensor argmax = max_mode ? argmax_.contiguous() : argmax_;
+  std::vector<Tensor> grad_inputs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_ops_sampled_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    constexpr bool direct = std::is_same<T, scalar_t>::value;
-    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
+    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, lv.N, op);
     const T* r = rois.data_ptr<T>();
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
-    Tensor acc = direct ? grad_input : new_buffer({N, C, H, W}, rois.scalar_type());
-    T* gi_all = acc.data_ptr<T>();
-
     std::vector<RoiTable<T>> tables(K);
     at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) tables[k].build(r + k * 5, sp, H, W);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t l = lv.of(k);
+        tables[k].build(r + k * 5, sp, lv.scale[l], lv.H[l], lv.W[l]);
+      }
     });
-    const auto by_image = rois_by_image<T>(r, K, N);
-    std::atomic<bool> bad_argmax{false};
-
-    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
-      for (int64_t nc = b; nc < e; ++nc) {
-        const int64_t n = nc % N, c = nc / N;
-        T* gi = gi_all + (n * C + c) * H * W;
-        std::fill(gi, gi + H * W, T(0));
-        for (const int64_t k : by_image[n]) {
-          const RoiTable<T>& t = tables[k];
-          const scalar_t* gk = g + (k * C + c) * ph * pw;
-          if (!max_mode) {
-            for (int64_t p = 0; p < ph; ++p) {
-              const int ny = t.y.count(p);
-              const AxisSample<T>* ys = t.y.bin(p);
-              for (int64_t q = 0; q < pw; ++q) {
-                const T gv = static_cast<T>(gk[p * pw + q]);
-                if (gv == T(0)) continue;
-                const int nx = t.x.count(q);
-                const AxisSample<T>* xs = t.x.bin(q);
-                for (int a = 0; a < ny; ++a) {
-                  const AxisSample<T> sy = ys[a];
-                  T* rl = gi + sy.lo * W;
-                  T* rh = gi + sy.hi * W;
-                  for (int bb = 0; bb < nx; ++bb) {
-                    const AxisSample<T> sx = xs[bb];
-                    rl[sx.lo] += gv * (sy.wlo * sx.wlo) / t.count;
-                    rl[sx.hi] += gv * (sy.wlo * sx.whi) / t.count;
-                    rh[sx.lo] += gv * (sy.whi * sx.wlo) / t.count;
-                    rh[sx.hi] += gv * (sy.whi * sx.whi) / t.count;
-                  }
-                }
-              }
-            }
-          } else {
-            const int32_t* ak = am + (k * C + c) * ph * pw;
-            const int gh = t.y.geom.grid, gw = t.x.geom.grid;
-            for (int64_t p = 0; p < ph; ++p) {
-              for (int64_t q = 0; q < pw; ++q) {
-                const int32_t idx = ak[p * pw + q];
-                if (idx < 0) continue;
-                if (gw <= 0 || idx >= static_cast<int64_t>(gh) * gw) {
-                  bad_argmax = true;
-                  continue;
-                }
-                const T gv = static_cast<T>(gk[p * pw + q]);
-                const int iy = idx / gw - t.y.first[p], ix = idx % gw - t.x.first[q];
-                if (iy < 0 || iy >= t.y.count(p) || ix < 0 || ix >= t.x.count(q)) continue;  // outside map
-                const AxisSample<T> sy = t.y.bin(p)[iy];
-                const AxisSample<T> sx = t.x.bin(q)[ix];
-                T* rl = gi + sy.lo * W;
-                T* rh = gi + sy.hi * W;
-                rl[sx.lo] += gv * (sy.wlo * sx.wlo);
-                rl[sx.hi] += gv * (sy.wlo * sx.whi);
-                rh[sx.lo] += gv * (sy.whi * sx.wlo);
-                rh[sx.hi] += gv * (sy.whi * sx.whi);
+    const auto add = [&](int64_t k, int64_t c, T* gi) {
+      const RoiTable<T>& t = tables[k];
+      const int64_t W = lv.W[lv.of(k)];
+      const scalar_t* gk = g + (k * C + c) * ph * pw;
+      if (!max_mode) {
+        for (int64_t p = 0; p < ph; ++p) {
+          const int ny = t.y.count(p);
+          const AxisSample<T>* ys = t.y.bin(p);
+          for (int64_t q = 0; q < pw; ++q) {
+            const T gv = static_cast<T>(gk[p * pw + q]);
+            if (gv == T(0)) continue;
+            const int nx = t.x.count(q);
+            const AxisSample<T>* xs = t.x.bin(q);
+            for (int a = 0; a < ny; ++a) {
+              const AxisSample<T> sy = ys[a];
+              T* rl = gi + sy.lo * W;
+              T* rh = gi + sy.hi * W;
+              for (int bb = 0; bb < nx; ++bb) {
+                const AxisSample<T> sx = xs[bb];
+                rl[sx.lo] += gv * (sy.wlo * sx.wlo) / t.count;
+                rl[sx.hi] += gv * (sy.wlo * sx.whi) / t.count;
+                rh[sx.lo] += gv * (sy.whi * sx.wlo) / t.count;
+                rh[sx.hi] += gv * (sy.whi * sx.whi) / t.count;
               }
             }
           }
         }
+        return true;
       }
-    });
-    TORCH_CHECK(!bad_argmax.load(), op, ": argmax holds an index outside the sampling grid");
-    if (!direct) grad_input.copy_(acc);
+      bool ok = true;
+      const int32_t* ak = am + (k * C + c) * ph * pw;
+      const int gh = t.y.geom.grid, gw = t.x.geom.grid;
+      for (int64_t p = 0; p < ph; ++p) {
+        for (int64_t q = 0; q < pw; ++q) {
+          const int32_t idx = ak[p * pw + q];
+          if (idx < 0) continue;
+          if (gw <= 0 || idx >= static_cast<int64_t>(gh) * gw) {
+            ok = false;
+            continue;
+          }
+          const T gv = static_cast<T>(gk[p * pw + q]);
+          const int iy = idx / gw - t.y.first[p], ix = idx % gw - t.x.first[q];
+          if (iy < 0 || iy >= t.y.count(p) || ix < 0 || ix >= t.x.count(q)) continue;  // outside the map
+          const AxisSample<T> sy = t.y.bin(p)[iy];
+          const AxisSample<T> sx = t.x.bin(q)[ix];
+          T* rl = gi + sy.lo * W;
+          T* rh = gi + sy.hi * W;
+          rl[sx.lo] += gv * (sy.wlo * sx.wlo);
+          rl[sx.hi] += gv * (sy.wlo * sx.whi);
+          rh[sx.lo] += gv * (sy.whi * sx.wlo);
+          rh[sx.hi] += gv * (sy.whi * sx.whi);
+        }
+      }
+      return ok;
+    };
+    grad_inputs = scatter_backward<scalar_t>(rois, lv, grad.scalar_type(), add,
+                                             (std::string(op) + ": argmax holds an index outside the sampling grid").c_str());
   });
-  return grad_input;
+  return grad_inputs;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -424,18 +543,19 @@ struct PoolBins {
   std::vector<int64_t> hs, he, ws, we;
 
   template <typename T>
-  void build(const T* rois, int64_t K, double scale, int64_t ph, int64_t pw, int64_t H, int64_t W) {
+  void build(const T* rois, int64_t K, const Levels& lv, int64_t ph, int64_t pw) {
     hs.resize(K * ph);
     he.resize(K * ph);
     ws.resize(K * pw);
     we.resize(K * pw);
-    const T s = static_cast<T>(scale);
     for (int64_t k = 0; k < K; ++k) {
       const T* roi = rois + k * 5;
+      const int64_t l = lv.of(k);
+      const T s = static_cast<T>(lv.scale[l]);
       const PoolAxis ay = pool_axis<T>(roi[2], roi[4], s);
       const PoolAxis ax = pool_axis<T>(roi[1], roi[3], s);
-      for (int64_t p = 0; p < ph; ++p) pool_bin<T>(ay, ph, p, H, &hs[k * ph + p], &he[k * ph + p]);
-      for (int64_t q = 0; q < pw; ++q) pool_bin<T>(ax, pw, q, W, &ws[k * pw + q], &we[k * pw + q]);
+      for (int64_t p = 0; p < ph; ++p) pool_bin<T>(ay, ph, p, lv.H[l], &hs[k * ph + p], &he[k * ph + p]);
+      for (int64_t q = 0; q < pw; ++q) pool_bin<T>(ax, pw, q, lv.W[l], &ws[k * pw + q], &we[k * pw + q]);
     }
   }
 };
@@ -469,34 +589,30 @@ inline void pool_roi_plane(const scalar_t* plane, int64_t W, const int64_t* hs, 
   }
 }
 
-std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input_, const Tensor& rois_, double spatial_scale,
-                                                int64_t ph, int64_t pw) {
-  const char* op = "roi_pool_forward";
-  check_input_rois(input_, rois_, ph, pw, op);
-  TORCH_CHECK(input_.device().is_cpu(), op, ": expected CPU tensors");
-  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
-  const int64_t K = rois_.size(0);
-  Tensor output = new_buffer({K, C, ph, pw}, input_.scalar_type());  // every element is written below
+std::tuple<Tensor, Tensor> pool_forward(const std::vector<Tensor>& inputs, const Tensor& rois_, const Levels& lv,
+                                        int64_t ph, int64_t pw, const char* op) {
+  const int64_t N = lv.N, C = lv.C, K = rois_.size(0);
+  const at::ScalarType dtype = inputs[0].scalar_type();
+  Tensor output = new_buffer({K, C, ph, pw}, dtype);  // every element is written below
   Tensor argmax = new_buffer({K, C, ph, pw}, at::kInt);
   if (K == 0 || C == 0) return {output, argmax};
-  const Tensor input = input_.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_ops_pool_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "roi_ops_pool_forward", [&] {
     using T = at::opmath_type<scalar_t>;
     const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
     const T* r = rois.data_ptr<T>();
-    const scalar_t* in = input.data_ptr<scalar_t>();
+    const std::vector<const scalar_t*> in = data_ptrs<scalar_t>(inputs);
     scalar_t* out = output.data_ptr<scalar_t>();
     int32_t* am = argmax.data_ptr<int32_t>();
     PoolBins bins;
-    bins.build<T>(r, K, spatial_scale, ph, pw, H, W);
+    bins.build<T>(r, K, lv, ph, pw);
     const auto by_image = rois_by_image<T>(r, K, N);
     at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const int64_t n = i % N, c = i / N;
-        const scalar_t* plane = in + (n * C + c) * H * W;
         for (const int64_t k : by_image[n]) {
-          const int64_t o = (k * C + c) * ph * pw;
-          pool_roi_plane<scalar_t, T>(plane, W, bins.hs.data() + k * ph, bins.he.data() + k * ph,
+          const int64_t l = lv.of(k), o = (k * C + c) * ph * pw;
+          const scalar_t* plane = in[l] + (n * C + c) * lv.plane(l);
+          pool_roi_plane<scalar_t, T>(plane, lv.W[l], bins.hs.data() + k * ph, bins.he.data() + k * ph,
                                       bins.ws.data() + k * pw, bins.we.data() + k * pw, ph, pw, out + o, am + o);
         }
       }
@@ -505,83 +621,139 @@ std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input_, const Tens
   return {output, argmax};
 }
 
-Tensor roi_pool_backward_cpu(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, double spatial_scale,
-                             int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W) {
-  (void)spatial_scale;
-  const char* op = "roi_pool_backward";
-  check_grad(grad_, rois_, ph, pw, N, C, H, W, op);
+std::vector<Tensor> pool_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const Levels& lv,
+                                  int64_t ph, int64_t pw, const char* op) {
+  for (int64_t l = 0; l < lv.count(); ++l) check_grad(grad_, rois_, ph, pw, lv.N, lv.C, lv.H[l], lv.W[l], op);
   check_argmax(argmax_, grad_, op);
   TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
-  const int64_t K = rois_.size(0);
-  Tensor grad_input = new_buffer({N, C, H, W}, grad_.scalar_type());
-  if (N * C * H * W == 0) return grad_input;
-  if (K == 0) return grad_input.zero_();
+  const int64_t C = lv.C, PP = ph * pw;
   const Tensor grad = grad_.contiguous();
   const Tensor argmax = argmax_.contiguous();
+  std::vector<Tensor> grad_inputs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_ops_pool_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    constexpr bool direct = std::is_same<T, scalar_t>::value;
-    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, N, op);
-    const auto by_image = rois_by_image<T>(rois.data_ptr<T>(), K, N);
+    const Tensor rois = rois_as(rois_, c10::CppTypeToScalarType<T>::value, lv.N, op);
     const scalar_t* g = grad.data_ptr<scalar_t>();
     const int32_t* am = argmax.data_ptr<int32_t>();
-    Tensor acc = direct ? grad_input : new_buffer({N, C, H, W}, rois.scalar_type());
-    T* gi_all = acc.data_ptr<T>();
-    const int64_t HW = H * W, PP = ph * pw;
-    std::atomic<bool> bad_argmax{false};
-    at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
-      for (int64_t nc = b; nc < e; ++nc) {
-        const int64_t n = nc % N, c = nc / N;
-        T* gi = gi_all + (n * C + c) * HW;
-        std::fill(gi, gi + HW, T(0));
-        for (const int64_t k : by_image[n]) {
-          const scalar_t* gk = g + (k * C + c) * PP;
-          const int32_t* ak = am + (k * C + c) * PP;
-          for (int64_t i = 0; i < PP; ++i) {
-            const int32_t idx = ak[i];
-            if (idx < 0) continue;
-            if (idx >= HW) {
-              bad_argmax = true;
-              continue;
-            }
-            gi[idx] += static_cast<T>(gk[i]);
-          }
+    const auto add = [&](int64_t k, int64_t c, T* gi) {
+      const int64_t HW = lv.plane(lv.of(k));
+      const scalar_t* gk = g + (k * C + c) * PP;
+      const int32_t* ak = am + (k * C + c) * PP;
+      bool ok = true;
+      for (int64_t i = 0; i < PP; ++i) {
+        const int32_t idx = ak[i];
+        if (idx < 0) continue;
+        if (idx >= HW) {
+          ok = false;
+          continue;
         }
+        gi[idx] += static_cast<T>(gk[i]);
       }
-    });
-    TORCH_CHECK(!bad_argmax.load(), op, ": argmax holds an index outside the input plane");
-    if (!direct) grad_input.copy_(acc);
+      return ok;
+    };
+    grad_inputs = scatter_backward<scalar_t>(rois, lv, grad.scalar_type(), add,
+                                             (std::string(op) + ": argmax holds an index outside the input plane").c_str());
   });
-  return grad_input;
+  return grad_inputs;
 }
 
 // ------------------------------------------------------------------------------------------------
-// Entry points
+// Entry points: one feature map
+std::vector<Tensor> single_input(const Tensor& input, const Tensor& rois, int64_t ph, int64_t pw, const char* op) {
+  return pyramid_inputs({input}, rois, ph, pw, op);
+}
+
+Levels input_levels(const Tensor& input, double spatial_scale) {
+  return one_level(input.size(0), input.size(1), input.size(2), input.size(3), spatial_scale);
+}
+
 std::tuple<Tensor, Tensor> roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
                                                  int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
                                                  bool max_mode) {
-  const SampleParams sp{Kind::Align, spatial_scale, ph, pw, sampling_ratio, aligned};
-  return sampled_forward(input, rois, sp, max_mode, "roi_align_forward");
+  const char* op = "roi_align_forward";
+  const SampleParams sp{Kind::Align, ph, pw, sampling_ratio, aligned};
+  return sampled_forward(single_input(input, rois, ph, pw, op), rois, input_levels(input, spatial_scale), sp,
+                         max_mode, op);
 }
 
 Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
                               int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
                               int64_t sampling_ratio, bool aligned, bool max_mode) {
-  const SampleParams sp{Kind::Align, spatial_scale, ph, pw, sampling_ratio, aligned};
-  return sampled_backward(grad, rois, argmax, sp, N, C, H, W, max_mode, "roi_align_backward");
+  const SampleParams sp{Kind::Align, ph, pw, sampling_ratio, aligned};
+  return sampled_backward(grad, rois, argmax, one_level(N, C, H, W, spatial_scale), sp, max_mode,
+                          "roi_align_backward")[0];
 }
 
 std::tuple<Tensor, Tensor> roi_warp_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
                                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool max_mode) {
-  const SampleParams sp{Kind::Warp, spatial_scale, ph, pw, sampling_ratio, true};
-  return sampled_forward(input, rois, sp, max_mode, "roi_warp_forward");
+  const char* op = "roi_warp_forward";
+  const SampleParams sp{Kind::Warp, ph, pw, sampling_ratio, true};
+  return sampled_forward(single_input(input, rois, ph, pw, op), rois, input_levels(input, spatial_scale), sp,
+                         max_mode, op);
 }
 
 Tensor roi_warp_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t sampling_ratio, bool max_mode) {
-  const SampleParams sp{Kind::Warp, spatial_scale, ph, pw, sampling_ratio, true};
-  return sampled_backward(grad, rois, argmax, sp, N, C, H, W, max_mode, "roi_warp_backward");
+  const SampleParams sp{Kind::Warp, ph, pw, sampling_ratio, true};
+  return sampled_backward(grad, rois, argmax, one_level(N, C, H, W, spatial_scale), sp, max_mode,
+                          "roi_warp_backward")[0];
+}
+
+std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                int64_t ph, int64_t pw) {
+  const char* op = "roi_pool_forward";
+  return pool_forward(single_input(input, rois, ph, pw, op), rois, input_levels(input, spatial_scale), ph, pw, op);
+}
+
+Tensor roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                             int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W) {
+  return pool_backward(grad, rois, argmax, one_level(N, C, H, W, spatial_scale), ph, pw, "roi_pool_backward")[0];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Entry points: an FPN pyramid, every RoI read from its own level in one call
+enum class OpKind { Align, Warp, Pool };
+
+OpKind op_kind(c10::string_view kind, const char* op) {
+  if (kind == "align") return OpKind::Align;
+  if (kind == "warp") return OpKind::Warp;
+  TORCH_CHECK(kind == "pool", op, ": kind must be 'align', 'warp' or 'pool', got '", std::string(kind), "'");
+  return OpKind::Pool;
+}
+
+std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, const Tensor& rois, const Tensor& levels,
+                                                      at::ArrayRef<double> spatial_scales, c10::string_view kind,
+                                                      int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
+                                                      bool max_mode) {
+  const char* op = "multilevel_roi_forward";
+  const OpKind k = op_kind(kind, op);
+  const std::vector<Tensor> maps = pyramid_inputs(inputs, rois, ph, pw, op);
+  std::vector<int64_t> heights, widths;
+  for (const Tensor& m : maps) {
+    heights.push_back(m.size(2));
+    widths.push_back(m.size(3));
+  }
+  const Levels lv = pyramid(maps[0].size(0), maps[0].size(1), heights, widths, spatial_scales, levels,
+                            rois.size(0), op);
+  if (k == OpKind::Pool) return pool_forward(maps, rois, lv, ph, pw, op);
+  const SampleParams sp{k == OpKind::Align ? Kind::Align : Kind::Warp, ph, pw, sampling_ratio,
+                        k == OpKind::Align ? aligned : true};
+  return sampled_forward(maps, rois, lv, sp, max_mode, op);
+}
+
+std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& levels,
+                                                const Tensor& argmax, at::ArrayRef<double> spatial_scales,
+                                                c10::string_view kind, int64_t ph, int64_t pw, int64_t N, int64_t C,
+                                                at::IntArrayRef heights, at::IntArrayRef widths,
+                                                int64_t sampling_ratio, bool aligned, bool max_mode) {
+  const char* op = "multilevel_roi_backward";
+  const OpKind k = op_kind(kind, op);
+  const Levels lv = pyramid(N, C, heights, widths, spatial_scales, levels, rois.size(0), op);
+  if (k == OpKind::Pool) return pool_backward(grad, rois, argmax, lv, ph, pw, op);
+  const SampleParams sp{k == OpKind::Align ? Kind::Align : Kind::Warp, ph, pw, sampling_ratio,
+                        k == OpKind::Align ? aligned : true};
+  return sampled_backward(grad, rois, argmax, lv, sp, max_mode, op);
 }
 
 }  // namespace
@@ -608,6 +780,15 @@ TORCH_LIBRARY(roi_ops, m) {
   m.def(
       "roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+  // kind: "align" | "warp" | "pool" (pool ignores sampling_ratio, aligned and max_mode; warp ignores aligned).
+  m.def(
+      "multilevel_roi_forward(Tensor[] inputs, Tensor rois, Tensor levels, float[] spatial_scales, str kind, "
+      "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, bool aligned, bool max_mode) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "multilevel_roi_backward(Tensor grad, Tensor rois, Tensor levels, Tensor argmax, float[] spatial_scales, "
+      "str kind, SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
+      "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, bool max_mode) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(roi_ops, CPU, m) {
@@ -617,4 +798,6 @@ TORCH_LIBRARY_IMPL(roi_ops, CPU, m) {
   m.impl("roi_warp_backward", &roi_ops::roi_warp_backward_cpu);
   m.impl("roi_pool_forward", &roi_ops::roi_pool_forward_cpu);
   m.impl("roi_pool_backward", &roi_ops::roi_pool_backward_cpu);
+  m.impl("multilevel_roi_forward", &roi_ops::multilevel_roi_forward_cpu);
+  m.impl("multilevel_roi_backward", &roi_ops::multilevel_roi_backward_cpu);
 }

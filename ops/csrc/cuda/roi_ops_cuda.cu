@@ -139,16 +139,40 @@ __device__ __forceinline__ void atomic_add(T* p, T v) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// The feature maps a kernel reads (forward) or accumulates into (backward): one map, or the levels of a
+// pyramid, passed by value with the kernel arguments. RoI k uses level levels[k] (levels == nullptr: all
+// RoIs use level 0); a level outside [0, L) is treated like a bad batch index (output 0, no gradient).
+constexpr int kMaxLevels = 8;
+
+template <typename P>
+struct Maps {
+  P data[kMaxLevels];
+  int64_t H[kMaxLevels], W[kMaxLevels];
+  double scale[kMaxLevels];
+  // Deterministic backward only: work items of level l are [items[l], items[l + 1]); columns per thread
+  // and column chunks per row of each level.
+  int64_t items[kMaxLevels + 1];
+  int64_t chunk_w[kMaxLevels], n_chunks[kMaxLevels];
+  int L;
+};
+
+__device__ __forceinline__ int roi_level(const int64_t* __restrict__ levels, int64_t k, int L) {
+  if (levels == nullptr) return 0;
+  const int64_t l = levels[k];
+  return l >= 0 && l < L ? static_cast<int>(l) : -1;
+}
+
+// ------------------------------------------------------------------------------------------------
 // RoIAlign / RoIWarp forward
 template <typename scalar_t>
 struct SampledFwdArgs {
-  const scalar_t* input;
+  Maps<const scalar_t*> maps;
+  const int64_t* levels;                  // [K] or nullptr
   const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
   scalar_t* out;
   int32_t* argmax;  // nullptr in avg mode
   int64_t total;    // number of threads' work items
-  int64_t N, C, H, W, PH, PW, sampling_ratio;
-  double scale;
+  int64_t N, C, PH, PW, sampling_ratio;
   bool aligned, warp, max_mode;
 };
 
@@ -178,25 +202,29 @@ __global__ void __launch_bounds__(kThreads) sampled_forward_kernel(const Sampled
       c = t % a.C;
       k = t / a.C;
     }
-    const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
-                                               a.sampling_ratio, a.aligned, a.warp, a.N);
+    const int level = roi_level(a.levels, k, a.maps.L);
+    const int l = level < 0 ? 0 : level;
+    const int64_t H = a.maps.H[l], W = a.maps.W[l];
+    RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.maps.scale[l]), a.PH, a.PW, a.sampling_ratio,
+                               a.aligned, a.warp, a.N);
+    if (level < 0) g.n = -1;
     int y0 = 0, y1 = 0, x0 = 0, x1 = 0;
     if (g.n >= 0) {
-      valid_range<T>(g.y, ph, a.H, &y0, &y1);
-      valid_range<T>(g.x, pw, a.W, &x0, &x1);
+      valid_range<T>(g.y, ph, H, &y0, &y1);
+      valid_range<T>(g.x, pw, W, &x0, &x1);
     }
     // Strides of the input (element offsets): base of (n, c), row and column.
     int64_t base, ys, xs;
     if (NHWC) {
-      base = g.n * a.H * a.W * a.C + c;
-      ys = a.W * a.C;
+      base = g.n * H * W * a.C + c;
+      ys = W * a.C;
       xs = a.C;
     } else {
-      base = (g.n * a.C + c) * a.H * a.W;
-      ys = a.W;
+      base = (g.n * a.C + c) * H * W;
+      ys = W;
       xs = 1;
     }
-    const scalar_t* in = a.input + (g.n >= 0 ? base : 0);
+    const scalar_t* in = a.maps.data[l] + (g.n >= 0 ? base : 0);
     T res[VEC];
     int bi[VEC];
 #pragma unroll
@@ -206,11 +234,11 @@ __global__ void __launch_bounds__(kThreads) sampled_forward_kernel(const Sampled
     }
     const int gw = g.x.grid;
     for (int iy = y0; iy < y1; ++iy) {
-      const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), a.H);
+      const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), H);
       const scalar_t* rl = in + sy.lo * ys;
       const scalar_t* rh = in + sy.hi * ys;
       for (int ix = x0; ix < x1; ++ix) {
-        const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), a.W);
+        const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), W);
         T v1[VEC], v2[VEC], v3[VEC], v4[VEC];
         load_vec<scalar_t, T, VEC>(rl + sx.lo * xs, v1);
         load_vec<scalar_t, T, VEC>(rl + sx.hi * xs, v2);
@@ -258,13 +286,13 @@ __global__ void __launch_bounds__(kThreads) sampled_forward_kernel(const Sampled
 // RoIPool forward
 template <typename scalar_t>
 struct PoolFwdArgs {
-  const scalar_t* input;
+  Maps<const scalar_t*> maps;
+  const int64_t* levels;                  // [K] or nullptr
   const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
   scalar_t* out;
   int32_t* argmax;
   int64_t total;
-  int64_t N, C, H, W, PH, PW;
-  double scale;
+  int64_t N, C, PH, PW;
 };
 
 template <typename scalar_t, bool NHWC>
@@ -289,14 +317,17 @@ __global__ void __launch_bounds__(kThreads) pool_forward_kernel(const PoolFwdArg
       k = t / a.C;
     }
     const T* r = a.rois + k * 5;
-    const T s = static_cast<T>(a.scale);
-    const int64_t n = roi_batch<T>(r[0], a.N);
+    const int level = roi_level(a.levels, k, a.maps.L);
+    const int l = level < 0 ? 0 : level;
+    const int64_t H = a.maps.H[l], W = a.maps.W[l];
+    const T s = static_cast<T>(a.maps.scale[l]);
+    const int64_t n = level < 0 ? -1 : roi_batch<T>(r[0], a.N);
     int64_t hs = 0, he = 0, ws = 0, we = 0;
     if (n >= 0) {
       const PoolAxis ay = pool_axis<T>(r[2], r[4], s);
       const PoolAxis ax = pool_axis<T>(r[1], r[3], s);
-      pool_bin<T>(ay, a.PH, ph, a.H, &hs, &he);
-      pool_bin<T>(ax, a.PW, pw, a.W, &ws, &we);
+      pool_bin<T>(ay, a.PH, ph, H, &hs, &he);
+      pool_bin<T>(ax, a.PW, pw, W, &ws, &we);
     }
     const bool empty = he <= hs || we <= ws;
     T best = empty ? T(0) : T(-FLT_MAX);
@@ -304,21 +335,21 @@ __global__ void __launch_bounds__(kThreads) pool_forward_kernel(const PoolFwdArg
     if (!empty) {
       int64_t base, ys, xs;
       if (NHWC) {
-        base = n * a.H * a.W * a.C + c;
-        ys = a.W * a.C;
+        base = n * H * W * a.C + c;
+        ys = W * a.C;
         xs = a.C;
       } else {
-        base = (n * a.C + c) * a.H * a.W;
-        ys = a.W;
+        base = (n * a.C + c) * H * W;
+        ys = W;
         xs = 1;
       }
-      const scalar_t* in = a.input + base;
+      const scalar_t* in = a.maps.data[l] + base;
       for (int64_t h = hs; h < he; ++h) {
         for (int64_t w = ws; w < we; ++w) {
           const T v = static_cast<T>(in[h * ys + w * xs]);
           if (v > best) {
             best = v;
-            bi = h * a.W + w;
+            bi = h * W + w;
           }
         }
       }
@@ -330,19 +361,42 @@ __global__ void __launch_bounds__(kThreads) pool_forward_kernel(const PoolFwdArg
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward (shared arguments). grad / argmax are [K, PH, PW, C] contiguous; acc is [N, H, W, C] of T.
+// Backward (shared arguments). grad / argmax are [K, PH, PW, C] contiguous; the accumulator of level l
+// (maps.data[l]) is [N, H_l, W_l, C] of T.
 template <typename scalar_t>
 struct BwdArgs {
+  Maps<at::opmath_type<scalar_t>*> maps;
+  const int64_t* levels;  // [K] or nullptr
   const scalar_t* grad;
   const int32_t* argmax;  // nullptr in avg mode
   const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
-  at::opmath_type<scalar_t>* acc;
   int64_t total;
-  int64_t K, N, C, H, W, PH, PW, sampling_ratio;
-  int64_t chunk_w, n_chunks;  // deterministic path: columns per thread, chunks per row
-  double scale;
+  int64_t K, N, C, PH, PW, sampling_ratio;
   bool aligned, warp, max_mode;
 };
+
+// Deterministic path: the (level, n, y, column chunk, c) that work item `item` owns.
+struct OwnedRun {
+  int l;
+  int64_t n, y, xa, xb, c;
+};
+
+template <typename P>
+__device__ __forceinline__ OwnedRun owned_run(const Maps<P>& m, int64_t C, int64_t item) {
+  OwnedRun o;
+  o.l = 0;
+  while (o.l + 1 < m.L && item >= m.items[o.l + 1]) ++o.l;
+  int64_t t = item - m.items[o.l];
+  o.c = t % C;
+  t /= C;
+  const int64_t chunk = t % m.n_chunks[o.l];
+  t /= m.n_chunks[o.l];
+  o.y = t % m.H[o.l];
+  o.n = t / m.H[o.l];
+  o.xa = chunk * m.chunk_w[o.l];
+  o.xb = o.xa + m.chunk_w[o.l] < m.W[o.l] ? o.xa + m.chunk_w[o.l] : m.W[o.l];
+  return o;
+}
 
 // Default path, RoIAlign / RoIWarp: one thread per (k, ph, pw, c), atomics into acc.
 template <typename scalar_t>
@@ -356,19 +410,22 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_atomic_kernel(const
     t /= a.PW;
     const int64_t ph = t % a.PH;
     const int64_t k = t / a.PH;
-    const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
-                                               a.sampling_ratio, a.aligned, a.warp, a.N);
+    const int l = roi_level(a.levels, k, a.maps.L);
+    if (l < 0) continue;
+    const int64_t H = a.maps.H[l], W = a.maps.W[l];
+    const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.maps.scale[l]), a.PH, a.PW,
+                                     a.sampling_ratio, a.aligned, a.warp, a.N);
     if (g.n < 0) continue;
     const T gv = static_cast<T>(a.grad[item]);
-    T* acc = a.acc + g.n * a.H * a.W * a.C + c;
-    const int64_t ys = a.W * a.C, xs = a.C;
+    T* acc = a.maps.data[l] + g.n * H * W * a.C + c;
+    const int64_t ys = W * a.C, xs = a.C;
     if (a.max_mode) {
       const int idx = a.argmax[item];
       const int gh = g.y.grid, gw = g.x.grid;
       if (idx < 0 || gw <= 0 || idx >= static_cast<int64_t>(gh) * gw) continue;
       const T py = sample_pos<T>(g.y, ph, idx / gw), px = sample_pos<T>(g.x, pw, idx % gw);
-      if (!sample_valid<T>(py, a.H) || !sample_valid<T>(px, a.W)) continue;  // a constant 0 won
-      const AxisSample<T> sy = axis_sample<T>(py, a.H), sx = axis_sample<T>(px, a.W);
+      if (!sample_valid<T>(py, H) || !sample_valid<T>(px, W)) continue;  // a constant 0 won
+      const AxisSample<T> sy = axis_sample<T>(py, H), sx = axis_sample<T>(px, W);
       // Merge coinciding neighbours (snapped at the border) and skip zero weights: <= 4 atomics.
       const int nr = sy.hi != sy.lo ? 2 : 1, nc = sx.hi != sx.lo ? 2 : 1;
       const int rows[2] = {sy.lo, sy.hi}, cols[2] = {sx.lo, sx.hi};
@@ -384,14 +441,14 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_atomic_kernel(const
       continue;
     }
     int y0, y1, x0, x1;
-    valid_range<T>(g.y, ph, a.H, &y0, &y1);
-    valid_range<T>(g.x, pw, a.W, &x0, &x1);
+    valid_range<T>(g.y, ph, H, &y0, &y1);
+    valid_range<T>(g.x, pw, W, &x0, &x1);
     if (y0 >= y1 || x0 >= x1 || gv == T(0)) continue;
     const int64_t cnt = static_cast<int64_t>(g.y.grid) * g.x.grid;
     const T gs = gv / static_cast<T>(cnt > 1 ? cnt : 1);
     int rlo, rhi, clo, chi;
-    touched_span<T>(g.y, ph, y0, y1, a.H, &rlo, &rhi);
-    touched_span<T>(g.x, pw, x0, x1, a.W, &clo, &chi);
+    touched_span<T>(g.y, ph, y0, y1, H, &rlo, &rhi);
+    touched_span<T>(g.x, pw, x0, x1, W, &clo, &chi);
     bool separable = rhi - rlo < kMaxSpan && chi - clo < kMaxSpan;
     T wy[kMaxSpan], wx[kMaxSpan];
     if (separable) {
@@ -401,7 +458,7 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_atomic_kernel(const
       // The spans come from the end samples (positions are monotone); the index checks only guard the
       // local tables should a position ever round differently (then the per-sample path below is used).
       for (int iy = y0; iy < y1 && separable; ++iy) {
-        const AxisSample<T> s = axis_sample<T>(sample_pos<T>(g.y, ph, iy), a.H);
+        const AxisSample<T> s = axis_sample<T>(sample_pos<T>(g.y, ph, iy), H);
         if (s.lo < rlo || s.hi > rhi) {
           separable = false;
           break;
@@ -410,7 +467,7 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_atomic_kernel(const
         wy[s.hi - rlo] += s.whi;
       }
       for (int ix = x0; ix < x1 && separable; ++ix) {
-        const AxisSample<T> s = axis_sample<T>(sample_pos<T>(g.x, pw, ix), a.W);
+        const AxisSample<T> s = axis_sample<T>(sample_pos<T>(g.x, pw, ix), W);
         if (s.lo < clo || s.hi > chi) {
           separable = false;
           break;
@@ -432,11 +489,11 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_atomic_kernel(const
     } else {
       // Large bins: four atomics per sample.
       for (int iy = y0; iy < y1; ++iy) {
-        const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), a.H);
+        const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), H);
         T* rl = acc + sy.lo * ys;
         T* rh = acc + sy.hi * ys;
         for (int ix = x0; ix < x1; ++ix) {
-          const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), a.W);
+          const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), W);
           atomic_add(rl + sx.lo * xs, gs * (sy.wlo * sx.wlo));
           atomic_add(rl + sx.hi * xs, gs * (sy.wlo * sx.whi));
           atomic_add(rh + sx.lo * xs, gs * (sy.whi * sx.wlo));
@@ -454,19 +511,15 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_gather_kernel(const
   using T = at::opmath_type<scalar_t>;
   for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < a.total;
        item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = item % a.C;
-    int64_t t = item / a.C;
-    const int64_t chunk = t % a.n_chunks;
-    t /= a.n_chunks;
-    const int y = static_cast<int>(t % a.H);
-    const int64_t n = t / a.H;
-    const int xa = static_cast<int>(chunk * a.chunk_w);
-    const int xb = static_cast<int>(xa + a.chunk_w < a.W ? xa + a.chunk_w : a.W);
-    T* acc = a.acc + ((n * a.H + y) * a.W) * a.C + c;  // pixel x of the owned row is acc[x * C]
+    const OwnedRun o = owned_run(a.maps, a.C, item);
+    const int64_t c = o.c, n = o.n, H = a.maps.H[o.l], W = a.maps.W[o.l];
+    const int y = static_cast<int>(o.y), xa = static_cast<int>(o.xa), xb = static_cast<int>(o.xb);
+    T* acc = a.maps.data[o.l] + ((n * H + y) * W) * a.C + c;  // pixel x of the owned row is acc[x * C]
     const int64_t PP = a.PH * a.PW;
     for (int64_t k = 0; k < a.K; ++k) {
-      const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.scale), a.PH, a.PW,
-                                                 a.sampling_ratio, a.aligned, a.warp, a.N);
+      if (roi_level(a.levels, k, a.maps.L) != o.l) continue;
+      const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.maps.scale[o.l]), a.PH, a.PW,
+                                       a.sampling_ratio, a.aligned, a.warp, a.N);
       if (g.n != n) continue;
       if (!axis_may_touch<T>(g.y, a.PH, y, y + 1) || !axis_may_touch<T>(g.x, a.PW, xa, xb)) continue;
       const int gw = g.x.grid;
@@ -476,10 +529,10 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_gather_kernel(const
       const int32_t* ak = a.max_mode ? a.argmax + k * PP * a.C + c : nullptr;
       for (int64_t ph = 0; ph < a.PH; ++ph) {
         int y0, y1;
-        valid_range<T>(g.y, ph, a.H, &y0, &y1);
+        valid_range<T>(g.y, ph, H, &y0, &y1);
         if (y0 >= y1) continue;
         int rlo, rhi;
-        touched_span<T>(g.y, ph, y0, y1, a.H, &rlo, &rhi);
+        touched_span<T>(g.y, ph, y0, y1, H, &rlo, &rhi);
         // Spans only prefilter (one pixel of slack); the per-sample tests below are exact.
         if (y < rlo - 1 || y > rhi + 1) continue;
         if (a.max_mode) {
@@ -488,11 +541,11 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_gather_kernel(const
             if (idx < 0 || gw <= 0 || idx >= cnt) continue;
             const int iy = idx / gw, ix = idx % gw;
             if (iy < y0 || iy >= y1) continue;  // outside the map: a constant 0 won
-            const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), a.H);
+            const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), H);
             if (sy.lo != y && sy.hi != y) continue;
             const T px = sample_pos<T>(g.x, pw, ix);
-            if (!sample_valid<T>(px, a.W)) continue;
-            const AxisSample<T> sx = axis_sample<T>(px, a.W);
+            if (!sample_valid<T>(px, W)) continue;
+            const AxisSample<T> sx = axis_sample<T>(px, W);
             if (sx.hi < xa || sx.lo >= xb) continue;
             const T gv = static_cast<T>(gk[(ph * a.PW + pw) * a.C]);
             const T wy = axis_weight<T>(sy, y);
@@ -504,20 +557,20 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_gather_kernel(const
         }
         // avg: total row weight of pixel row y in this bin row (separable weights).
         T wy = T(0);
-        for (int iy = y0; iy < y1; ++iy) wy += axis_weight<T>(axis_sample<T>(sample_pos<T>(g.y, ph, iy), a.H), y);
+        for (int iy = y0; iy < y1; ++iy) wy += axis_weight<T>(axis_sample<T>(sample_pos<T>(g.y, ph, iy), H), y);
         if (wy == T(0)) continue;
         for (int64_t pw = 0; pw < a.PW; ++pw) {
           int x0, x1;
-          valid_range<T>(g.x, pw, a.W, &x0, &x1);
+          valid_range<T>(g.x, pw, W, &x0, &x1);
           if (x0 >= x1) continue;
           int clo, chi;
-          touched_span<T>(g.x, pw, x0, x1, a.W, &clo, &chi);
+          touched_span<T>(g.x, pw, x0, x1, W, &clo, &chi);
           if (chi + 1 < xa || clo - 1 >= xb) continue;
           const T gv = static_cast<T>(gk[(ph * a.PW + pw) * a.C]);
           if (gv == T(0)) continue;
           const T gr = gv * wy / count;
           for (int ix = x0; ix < x1; ++ix) {
-            const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), a.W);
+            const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), W);
             if (sx.lo >= xa && sx.lo < xb) acc[sx.lo * a.C] += gr * sx.wlo;
             if (sx.hi >= xa && sx.hi < xb) acc[sx.hi * a.C] += gr * sx.whi;
           }
@@ -534,12 +587,15 @@ __global__ void __launch_bounds__(kThreads) pool_backward_atomic_kernel(const Bw
   for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < a.total;
        item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int idx = a.argmax[item];
-    if (idx < 0 || idx >= a.H * a.W) continue;
     const int64_t c = item % a.C;
     const int64_t k = item / (a.C * a.PH * a.PW);
+    const int l = roi_level(a.levels, k, a.maps.L);
+    if (l < 0) continue;
+    const int64_t HW = a.maps.H[l] * a.maps.W[l];
+    if (idx < 0 || idx >= HW) continue;
     const int64_t n = roi_batch<T>(a.rois[k * 5], a.N);
     if (n < 0) continue;
-    atomic_add(a.acc + (n * a.H * a.W + idx) * a.C + c, static_cast<T>(a.grad[item]));
+    atomic_add(a.maps.data[l] + (n * HW + idx) * a.C + c, static_cast<T>(a.grad[item]));
   }
 }
 
@@ -549,20 +605,14 @@ __global__ void __launch_bounds__(kThreads) pool_backward_gather_kernel(const Bw
   using T = at::opmath_type<scalar_t>;
   for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < a.total;
        item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t c = item % a.C;
-    int64_t t = item / a.C;
-    const int64_t chunk = t % a.n_chunks;
-    t /= a.n_chunks;
-    const int64_t y = t % a.H;
-    const int64_t n = t / a.H;
-    const int64_t xa = chunk * a.chunk_w;
-    const int64_t xb = xa + a.chunk_w < a.W ? xa + a.chunk_w : a.W;
-    T* acc = a.acc + ((n * a.H + y) * a.W) * a.C + c;
+    const OwnedRun o = owned_run(a.maps, a.C, item);
+    const int64_t c = o.c, n = o.n, y = o.y, xa = o.xa, xb = o.xb, H = a.maps.H[o.l], W = a.maps.W[o.l];
+    T* acc = a.maps.data[o.l] + ((n * H + y) * W) * a.C + c;
     const int64_t PP = a.PH * a.PW;
-    const T s = static_cast<T>(a.scale);
+    const T s = static_cast<T>(a.maps.scale[o.l]);
     for (int64_t k = 0; k < a.K; ++k) {
       const T* r = a.rois + k * 5;
-      if (roi_batch<T>(r[0], a.N) != n) continue;
+      if (roi_level(a.levels, k, a.maps.L) != o.l || roi_batch<T>(r[0], a.N) != n) continue;
       const PoolAxis ay = pool_axis<T>(r[2], r[4], s);
       // Bins lie in [start, start + size], the end inclusive since ceil((b + 1) * bin) may round up.
       if (y < ay.start || y > ay.start + ay.size) continue;
@@ -572,12 +622,12 @@ __global__ void __launch_bounds__(kThreads) pool_backward_gather_kernel(const Bw
       const int32_t* ak = a.argmax + k * PP * a.C + c;
       for (int64_t ph = 0; ph < a.PH; ++ph) {
         int64_t hs, he;
-        pool_bin<T>(ay, a.PH, ph, a.H, &hs, &he);
+        pool_bin<T>(ay, a.PH, ph, H, &hs, &he);
         if (y < hs || y >= he) continue;
         for (int64_t pw = 0; pw < a.PW; ++pw) {
           const int idx = ak[(ph * a.PW + pw) * a.C];
-          if (idx < 0 || idx / a.W != y) continue;
-          const int64_t x = idx % a.W;
+          if (idx < 0 || idx / W != y) continue;
+          const int64_t x = idx % W;
           if (x < xa || x >= xb) continue;
           acc[x * a.C] += static_cast<T>(gk[(ph * a.PW + pw) * a.C]);
         }
@@ -616,13 +666,13 @@ void check_forward(const Tensor& input, const Tensor& rois, int64_t ph, int64_t 
 }
 
 void check_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax, bool need_argmax, int64_t ph,
-                    int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W, const char* op) {
+                    int64_t pw, int64_t N, int64_t C, const char* op) {
   TORCH_CHECK(grad.is_cuda(), op, ": grad must be a CUDA tensor");
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
   TORCH_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
   check_rois_dtype(grad, rois, "grad", op);
   TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
-  TORCH_CHECK(N >= 0 && C >= 0 && H >= 0 && W >= 0, op, ": negative input size");
+  TORCH_CHECK(N >= 0 && C >= 0, op, ": negative input size");
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == C && grad.size(2) == ph &&
                   grad.size(3) == pw,
               op, ": grad must be [K, C, ph, pw] = [", rois.size(0), ", ", C, ", ", ph, ", ", pw, "], got ",
@@ -635,56 +685,105 @@ void check_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax
   }
 }
 
-// Layout decision: NCHW when contiguous (also when both layouts agree), else NHWC when channels_last,
-// else make it contiguous.
-Tensor prepare_input(const Tensor& input, bool* nhwc) {
-  if (input.is_contiguous()) {
-    *nhwc = false;
-    return input;
-  }
-  if (input.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    *nhwc = true;
-    return input;
-  }
-  *nhwc = false;
-  return input.contiguous();
+// The per-RoI levels of a pyramid: int64 [K] on the rois' device (values are not read on the host, so no
+// sync; the kernels treat a level outside [0, L) like a bad batch index). Undefined for one map.
+Tensor check_levels(const Tensor& levels, const Tensor& rois, size_t L, const char* op) {
+  TORCH_CHECK(L > 0 && L <= static_cast<size_t>(kMaxLevels), op, ": supports 1 to ", kMaxLevels,
+              " feature maps, got ", L);
+  TORCH_CHECK(levels.scalar_type() == at::kLong && levels.dim() == 1 && levels.size(0) == rois.size(0), op,
+              ": levels must be an int64 [K] = [", rois.size(0), "] tensor, got ", levels.scalar_type(), " ",
+              levels.sizes());
+  TORCH_CHECK(levels.device() == rois.device(), op, ": levels and rois must be on the same device");
+  return levels.contiguous();
 }
 
-std::tuple<Tensor, Tensor> sampled_forward(const Tensor& input_, const Tensor& rois_, double spatial_scale,
-                                           int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
-                                           bool warp, bool max_mode, const char* op) {
-  check_forward(input_, rois_, ph, pw, op);
-  const c10::cuda::CUDAGuard guard(input_.device());
-  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
+// Layout decision for all maps together: NHWC when every map is channels_last (and one of them is not also
+// contiguous), else NCHW (maps made contiguous where needed).
+std::vector<Tensor> prepare_inputs(at::TensorList inputs, bool* nhwc) {
+  bool all_cl = true, all_contig = true;
+  for (const Tensor& x : inputs) {
+    all_cl = all_cl && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    all_contig = all_contig && x.is_contiguous();
+  }
+  *nhwc = all_cl && !all_contig;
+  std::vector<Tensor> out;
+  for (const Tensor& x : inputs) out.push_back(*nhwc ? x : x.contiguous());
+  return out;
+}
+
+// Checks the maps of a pyramid (or the one map of a single-level op) against each other and the rois.
+void check_inputs(at::TensorList inputs, const Tensor& rois, at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                  const char* op) {
+  TORCH_CHECK(!inputs.empty() && inputs.size() <= static_cast<size_t>(kMaxLevels), op, ": supports 1 to ",
+              kMaxLevels, " feature maps, got ", inputs.size());
+  TORCH_CHECK(scales.size() == inputs.size(), op, ": got ", inputs.size(), " feature maps but ", scales.size(),
+              " spatial scales");
+  for (size_t l = 0; l < inputs.size(); ++l) {
+    check_forward(inputs[l], rois, ph, pw, op);
+    TORCH_CHECK(inputs[l].scalar_type() == inputs[0].scalar_type() && inputs[l].device() == inputs[0].device() &&
+                    inputs[l].size(0) == inputs[0].size(0) && inputs[l].size(1) == inputs[0].size(1),
+                op, ": feature map ", l, " does not match map 0 in dtype, device, N or C");
+  }
+}
+
+template <typename P>
+Maps<P> maps_of(const std::vector<P>& data, at::IntArrayRef heights, at::IntArrayRef widths,
+                at::ArrayRef<double> scales) {
+  Maps<P> m{};
+  m.L = static_cast<int>(data.size());
+  for (int l = 0; l < m.L; ++l) {
+    m.data[l] = data[l];
+    m.H[l] = heights[l];
+    m.W[l] = widths[l];
+    m.scale[l] = scales[l];
+  }
+  return m;
+}
+
+std::tuple<Tensor, Tensor> sampled_forward(at::TensorList inputs_, const Tensor& rois_, const Tensor& levels_,
+                                           at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                                           int64_t sampling_ratio, bool aligned, bool warp, bool max_mode,
+                                           const char* op) {
+  check_inputs(inputs_, rois_, scales, ph, pw, op);
+  const Tensor levels = levels_.defined() ? check_levels(levels_, rois_, inputs_.size(), op) : levels_;
+  const c10::cuda::CUDAGuard guard(inputs_[0].device());
+  const int64_t N = inputs_[0].size(0), C = inputs_[0].size(1);
   const int64_t K = rois_.size(0);
-  Tensor output = at::empty({K, C, ph, pw}, input_.options());
-  Tensor argmax = max_mode ? at::empty({K, C, ph, pw}, input_.options().dtype(at::kInt))
-                           : at::empty({0}, input_.options().dtype(at::kInt));
+  Tensor output = at::empty({K, C, ph, pw}, inputs_[0].options());
+  Tensor argmax = max_mode ? at::empty({K, C, ph, pw}, inputs_[0].options().dtype(at::kInt))
+                           : at::empty({0}, inputs_[0].options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   bool nhwc = false;
-  const Tensor input = prepare_input(input_, &nhwc);
-  const Tensor rois = rois_.to(coord_type(input.scalar_type())).contiguous();
+  const std::vector<Tensor> inputs = prepare_inputs(inputs_, &nhwc);
+  const Tensor rois = rois_.to(coord_type(inputs[0].scalar_type())).contiguous();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_sampled_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "roi_sampled_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    constexpr int V = 16 / sizeof(scalar_t);  // 16-byte vectors: 4 float, 2 double, 8 half/bfloat16
+    std::vector<const scalar_t*> data;
+    std::vector<int64_t> heights, widths;
+    bool aligned16 = true;
+    for (const Tensor& x : inputs) {
+      data.push_back(x.const_data_ptr<scalar_t>());
+      heights.push_back(x.size(2));
+      widths.push_back(x.size(3));
+      aligned16 = aligned16 && reinterpret_cast<uintptr_t>(data.back()) % 16 == 0;
+    }
     SampledFwdArgs<scalar_t> a;
-    a.input = input.const_data_ptr<scalar_t>();
+    a.maps = maps_of(data, heights, widths, scales);
+    a.levels = levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr;
     a.rois = rois.const_data_ptr<T>();
     a.out = output.mutable_data_ptr<scalar_t>();
     a.argmax = max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     a.N = N;
     a.C = C;
-    a.H = H;
-    a.W = W;
     a.PH = ph;
     a.PW = pw;
     a.sampling_ratio = sampling_ratio;
-    a.scale = spatial_scale;
     a.aligned = aligned;
     a.warp = warp;
     a.max_mode = max_mode;
-    constexpr int V = 16 / sizeof(scalar_t);  // 16-byte vectors: 4 float, 2 double, 8 half/bfloat16
-    const bool vec = nhwc && C % V == 0 && reinterpret_cast<uintptr_t>(a.input) % 16 == 0;
+    const bool vec = nhwc && C % V == 0 && aligned16;
     a.total = K * ph * pw * (vec ? C / V : C);
     const int64_t blocks = num_blocks(a.total);
     if (vec) {
@@ -699,140 +798,40 @@ std::tuple<Tensor, Tensor> sampled_forward(const Tensor& input_, const Tensor& r
   return {output, argmax};
 }
 
-// Columns per thread of the deterministic gather kernels: enough threads to fill the GPU, but chunks of
-// at least 4 columns (every thread scans all RoIs).
-void gather_chunks(int64_t N, int64_t C, int64_t H, int64_t W, int64_t* chunk_w, int64_t* n_chunks) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t target = sms * 2048;
-  int64_t want = ceil_div(target, N * C * H);
-  const int64_t most = ceil_div(W, 4);
-  if (want > most) want = most;
-  if (want < 1) want = 1;
-  *chunk_w = ceil_div(W, want);
-  *n_chunks = ceil_div(W, *chunk_w);
-}
-
-// Shared driver of the backward kernels. kind: 0 = RoIAlign, 1 = RoIWarp, 2 = RoIPool.
-Tensor run_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, double spatial_scale,
-                    int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sampling_ratio,
-                    bool aligned, int kind, bool max_mode, const char* op) {
-  const bool need_argmax = max_mode || kind == 2;
-  check_backward(grad_, rois_, argmax_, need_argmax, ph, pw, N, C, H, W, op);
-  const c10::cuda::CUDAGuard guard(grad_.device());
+std::tuple<Tensor, Tensor> pool_forward(at::TensorList inputs_, const Tensor& rois_, const Tensor& levels_,
+                                        at::ArrayRef<double> scales, int64_t ph, int64_t pw, const char* op) {
+  check_inputs(inputs_, rois_, scales, ph, pw, op);
+  const Tensor levels = levels_.defined() ? check_levels(levels_, rois_, inputs_.size(), op) : levels_;
+  const c10::cuda::CUDAGuard guard(inputs_[0].device());
+  const int64_t N = inputs_[0].size(0), C = inputs_[0].size(1);
   const int64_t K = rois_.size(0);
-  if (N * C * H * W == 0 || K == 0) return at::zeros({N, C, H, W}, grad_.options());
-  const bool det = at::globalContext().deterministicAlgorithms();
-  // Channel-last views of grad / argmax so that channel-fastest threads read them coalesced.
-  const Tensor grad = grad_.permute({0, 2, 3, 1}).contiguous();
-  const Tensor argmax = need_argmax ? argmax_.permute({0, 2, 3, 1}).contiguous() : Tensor();
-  const at::ScalarType acc_type = coord_type(grad.scalar_type());
-  const Tensor rois = rois_.to(acc_type).contiguous();
-  Tensor acc = at::zeros({N, H, W, C}, grad.options().dtype(acc_type));
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_backward_cuda", [&] {
-    using T = at::opmath_type<scalar_t>;
-    BwdArgs<scalar_t> a;
-    a.grad = grad.const_data_ptr<scalar_t>();
-    a.argmax = need_argmax ? argmax.const_data_ptr<int32_t>() : nullptr;
-    a.rois = rois.const_data_ptr<T>();
-    a.acc = acc.mutable_data_ptr<T>();
-    a.K = K;
-    a.N = N;
-    a.C = C;
-    a.H = H;
-    a.W = W;
-    a.PH = ph;
-    a.PW = pw;
-    a.sampling_ratio = sampling_ratio;
-    a.scale = spatial_scale;
-    a.aligned = aligned;
-    a.warp = kind == 1;
-    a.max_mode = max_mode;
-    a.chunk_w = W;
-    a.n_chunks = 1;
-    if (det) {
-      gather_chunks(N, C, H, W, &a.chunk_w, &a.n_chunks);
-      a.total = N * H * a.n_chunks * C;
-      const int64_t blocks = num_blocks(a.total);
-      if (kind == 2) {
-        pool_backward_gather_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
-      } else {
-        sampled_backward_gather_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
-      }
-    } else {
-      a.total = K * ph * pw * C;
-      const int64_t blocks = num_blocks(a.total);
-      if (kind == 2) {
-        pool_backward_atomic_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
-      } else {
-        sampled_backward_atomic_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
-      }
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  Tensor grad_input = at::empty({N, C, H, W}, grad_.options());
-  grad_input.copy_(acc.permute({0, 3, 1, 2}));
-  return grad_input;
-}
-
-// ------------------------------------------------------------------------------------------------
-// Entry points
-std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                  int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
-                                                  bool max_mode) {
-  return sampled_forward(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, /*warp=*/false, max_mode,
-                         "roi_align_forward");
-}
-
-Tensor roi_align_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                               int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                               int64_t sampling_ratio, bool aligned, bool max_mode) {
-  return run_backward(grad, rois, argmax, spatial_scale, ph, pw, N, C, H, W, sampling_ratio, aligned, 0, max_mode,
-                      "roi_align_backward");
-}
-
-std::tuple<Tensor, Tensor> roi_warp_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool max_mode) {
-  return sampled_forward(input, rois, spatial_scale, ph, pw, sampling_ratio, /*aligned=*/true, /*warp=*/true,
-                         max_mode, "roi_warp_forward");
-}
-
-Tensor roi_warp_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                              int64_t sampling_ratio, bool max_mode) {
-  return run_backward(grad, rois, argmax, spatial_scale, ph, pw, N, C, H, W, sampling_ratio, true, 1, max_mode,
-                      "roi_warp_backward");
-}
-
-std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input_, const Tensor& rois_, double spatial_scale,
-                                                 int64_t ph, int64_t pw) {
-  const char* op = "roi_pool_forward";
-  check_forward(input_, rois_, ph, pw, op);
-  const c10::cuda::CUDAGuard guard(input_.device());
-  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
-  const int64_t K = rois_.size(0);
-  Tensor output = at::empty({K, C, ph, pw}, input_.options());
-  Tensor argmax = at::empty({K, C, ph, pw}, input_.options().dtype(at::kInt));
+  Tensor output = at::empty({K, C, ph, pw}, inputs_[0].options());
+  Tensor argmax = at::empty({K, C, ph, pw}, inputs_[0].options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   bool nhwc = false;
-  const Tensor input = prepare_input(input_, &nhwc);
-  const Tensor rois = rois_.to(coord_type(input.scalar_type())).contiguous();
+  const std::vector<Tensor> inputs = prepare_inputs(inputs_, &nhwc);
+  const Tensor rois = rois_.to(coord_type(inputs[0].scalar_type())).contiguous();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "roi_pool_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
+    std::vector<const scalar_t*> data;
+    std::vector<int64_t> heights, widths;
+    for (const Tensor& x : inputs) {
+      data.push_back(x.const_data_ptr<scalar_t>());
+      heights.push_back(x.size(2));
+      widths.push_back(x.size(3));
+    }
     PoolFwdArgs<scalar_t> a;
-    a.input = input.const_data_ptr<scalar_t>();
+    a.maps = maps_of(data, heights, widths, scales);
+    a.levels = levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr;
     a.rois = rois.const_data_ptr<T>();
     a.out = output.mutable_data_ptr<scalar_t>();
     a.argmax = argmax.mutable_data_ptr<int32_t>();
     a.total = output.numel();
     a.N = N;
     a.C = C;
-    a.H = H;
-    a.W = W;
     a.PH = ph;
     a.PW = pw;
-    a.scale = spatial_scale;
     const int64_t blocks = num_blocks(a.total);
     if (nhwc) {
       pool_forward_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(a);
@@ -844,10 +843,166 @@ std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input_, const Ten
   return {output, argmax};
 }
 
+// Columns per thread of the deterministic gather kernels: enough threads to fill the GPU, but chunks of
+// at least 4 columns (every thread scans all RoIs).
+void gather_chunks(int64_t N, int64_t C, int64_t H, int64_t W, int64_t* chunk_w, int64_t* n_chunks) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t target = sms * 2048;
+  int64_t want = ceil_div(target, N * C * (H > 0 ? H : 1));
+  const int64_t most = ceil_div(W, 4);
+  if (want > most) want = most;
+  if (want < 1) want = 1;
+  *chunk_w = ceil_div(W, want);
+  *n_chunks = *chunk_w > 0 ? ceil_div(W, *chunk_w) : 0;
+}
+
+enum class OpKind { Align, Warp, Pool };
+
+// Shared driver of the backward kernels: one gradient [N, C, H_l, W_l] per level.
+std::vector<Tensor> run_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& levels_,
+                                 const Tensor& argmax_, at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                                 int64_t N, int64_t C, at::IntArrayRef heights, at::IntArrayRef widths,
+                                 int64_t sampling_ratio, bool aligned, OpKind kind, bool max_mode, const char* op) {
+  const bool need_argmax = max_mode || kind == OpKind::Pool;
+  check_backward(grad_, rois_, argmax_, need_argmax, ph, pw, N, C, op);
+  const size_t L = heights.size();
+  TORCH_CHECK(widths.size() == L && scales.size() == L, op, ": got ", L, " heights, ", widths.size(),
+              " widths and ", scales.size(), " spatial scales");
+  const Tensor levels = levels_.defined() ? check_levels(levels_, rois_, L, op) : levels_;
+  for (size_t l = 0; l < L; ++l) TORCH_CHECK(heights[l] >= 0 && widths[l] >= 0, op, ": negative input size");
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const int64_t K = rois_.size(0);
+  const at::ScalarType acc_type = coord_type(grad_.scalar_type());
+  std::vector<Tensor> accs;
+  for (size_t l = 0; l < L; ++l) accs.push_back(at::zeros({N, heights[l], widths[l], C}, grad_.options().dtype(acc_type)));
+  if (K > 0 && N * C > 0) {
+    const bool det = at::globalContext().deterministicAlgorithms();
+    // Channel-last views of grad / argmax so that channel-fastest threads read them coalesced.
+    const Tensor grad = grad_.permute({0, 2, 3, 1}).contiguous();
+    const Tensor argmax = need_argmax ? argmax_.permute({0, 2, 3, 1}).contiguous() : Tensor();
+    const Tensor rois = rois_.to(acc_type).contiguous();
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_backward_cuda", [&] {
+      using T = at::opmath_type<scalar_t>;
+      std::vector<T*> data;
+      for (Tensor& acc : accs) data.push_back(acc.mutable_data_ptr<T>());
+      BwdArgs<scalar_t> a;
+      a.maps = maps_of(data, heights, widths, scales);
+      a.levels = levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr;
+      a.grad = grad.const_data_ptr<scalar_t>();
+      a.argmax = need_argmax ? argmax.const_data_ptr<int32_t>() : nullptr;
+      a.rois = rois.const_data_ptr<T>();
+      a.K = K;
+      a.N = N;
+      a.C = C;
+      a.PH = ph;
+      a.PW = pw;
+      a.sampling_ratio = sampling_ratio;
+      a.aligned = aligned;
+      a.warp = kind == OpKind::Warp;
+      a.max_mode = max_mode;
+      if (det) {
+        a.maps.items[0] = 0;
+        for (size_t l = 0; l < L; ++l) {
+          gather_chunks(N, C, heights[l], widths[l], &a.maps.chunk_w[l], &a.maps.n_chunks[l]);
+          a.maps.items[l + 1] = a.maps.items[l] + N * heights[l] * a.maps.n_chunks[l] * C;
+        }
+        a.total = a.maps.items[L];
+        const int64_t blocks = num_blocks(a.total);
+        if (kind == OpKind::Pool) {
+          pool_backward_gather_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
+        } else {
+          sampled_backward_gather_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
+        }
+      } else {
+        a.total = K * ph * pw * C;
+        const int64_t blocks = num_blocks(a.total);
+        if (kind == OpKind::Pool) {
+          pool_backward_atomic_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
+        } else {
+          sampled_backward_atomic_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(a);
+        }
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  std::vector<Tensor> grad_inputs;
+  for (size_t l = 0; l < L; ++l) {
+    grad_inputs.push_back(at::empty({N, C, heights[l], widths[l]}, grad_.options()));
+    grad_inputs.back().copy_(accs[l].permute({0, 3, 1, 2}));
+  }
+  return grad_inputs;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Entry points: one feature map
+std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                  int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
+                                                  bool max_mode) {
+  return sampled_forward({input}, rois, Tensor(), {spatial_scale}, ph, pw, sampling_ratio, aligned, /*warp=*/false,
+                         max_mode, "roi_align_forward");
+}
+
+Tensor roi_align_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                               int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
+                               int64_t sampling_ratio, bool aligned, bool max_mode) {
+  return run_backward(grad, rois, Tensor(), argmax, {spatial_scale}, ph, pw, N, C, {H}, {W}, sampling_ratio,
+                      aligned, OpKind::Align, max_mode, "roi_align_backward")[0];
+}
+
+std::tuple<Tensor, Tensor> roi_warp_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool max_mode) {
+  return sampled_forward({input}, rois, Tensor(), {spatial_scale}, ph, pw, sampling_ratio, /*aligned=*/true,
+                         /*warp=*/true, max_mode, "roi_warp_forward");
+}
+
+Tensor roi_warp_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
+                              int64_t sampling_ratio, bool max_mode) {
+  return run_backward(grad, rois, Tensor(), argmax, {spatial_scale}, ph, pw, N, C, {H}, {W}, sampling_ratio, true,
+                      OpKind::Warp, max_mode, "roi_warp_backward")[0];
+}
+
+std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                 int64_t ph, int64_t pw) {
+  return pool_forward({input}, rois, Tensor(), {spatial_scale}, ph, pw, "roi_pool_forward");
+}
+
 Tensor roi_pool_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
                               int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W) {
-  return run_backward(grad, rois, argmax, spatial_scale, ph, pw, N, C, H, W, 0, false, 2, false,
-                      "roi_pool_backward");
+  return run_backward(grad, rois, Tensor(), argmax, {spatial_scale}, ph, pw, N, C, {H}, {W}, 0, false,
+                      OpKind::Pool, false, "roi_pool_backward")[0];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Entry points: a pyramid, every RoI read from its own level in one launch
+OpKind op_kind(c10::string_view kind, const char* op) {
+  if (kind == "align") return OpKind::Align;
+  if (kind == "warp") return OpKind::Warp;
+  TORCH_CHECK(kind == "pool", op, ": kind must be 'align', 'warp' or 'pool', got '", std::string(kind), "'");
+  return OpKind::Pool;
+}
+
+std::tuple<Tensor, Tensor> multilevel_roi_forward_cuda(at::TensorList inputs, const Tensor& rois,
+                                                       const Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                                       c10::string_view kind, int64_t ph, int64_t pw,
+                                                       int64_t sampling_ratio, bool aligned, bool max_mode) {
+  const char* op = "multilevel_roi_forward";
+  const OpKind k = op_kind(kind, op);
+  if (k == OpKind::Pool) return pool_forward(inputs, rois, levels, spatial_scales, ph, pw, op);
+  return sampled_forward(inputs, rois, levels, spatial_scales, ph, pw, sampling_ratio,
+                         k == OpKind::Align ? aligned : true, k == OpKind::Warp, max_mode, op);
+}
+
+std::vector<Tensor> multilevel_roi_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& levels,
+                                                 const Tensor& argmax, at::ArrayRef<double> spatial_scales,
+                                                 c10::string_view kind, int64_t ph, int64_t pw, int64_t N, int64_t C,
+                                                 at::IntArrayRef heights, at::IntArrayRef widths,
+                                                 int64_t sampling_ratio, bool aligned, bool max_mode) {
+  const char* op = "multilevel_roi_backward";
+  const OpKind k = op_kind(kind, op);
+  return run_backward(grad, rois, levels, argmax, spatial_scales, ph, pw, N, C, heights, widths, sampling_ratio,
+                      k == OpKind::Align ? aligned : true, k, k != OpKind::Pool && max_mode, op);
 }
 
 }  // namespace
@@ -860,4 +1015,6 @@ TORCH_LIBRARY_IMPL(roi_ops, CUDA, m) {
   m.impl("roi_warp_backward", &roi_ops_cuda::roi_warp_backward_cuda);
   m.impl("roi_pool_forward", &roi_ops_cuda::roi_pool_forward_cuda);
   m.impl("roi_pool_backward", &roi_ops_cuda::roi_pool_backward_cuda);
+  m.impl("multilevel_roi_forward", &roi_ops_cuda::multilevel_roi_forward_cuda);
+  m.impl("multilevel_roi_backward", &roi_ops_cuda::multilevel_roi_backward_cuda);
 }
