@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from maskrcnn.checkpoints import read_checkpoint
 from maskrcnn.evaluation import write_results
 from maskrcnn.lit import MaskRCNNModule
+from maskrcnn.resolvers import roi_id
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = {
         **module.metrics,
-        "roi": run_cfg.roi.name,
+        "roi": roi_id(run_cfg.roi.name, run_cfg.roi.get("impl", "ours")),
         "model": run_cfg.model.name,
         "seed": int(run_cfg.seed),
         "ckpt_path": str(ckpt_path.resolve()),

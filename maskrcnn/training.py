@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from maskrcnn.lit import MaskRCNNModule
+from maskrcnn.resolvers import roi_id
 from maskrcnn.runinfo import device_description
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics = {
         **module.metrics,
-        "roi": cfg.roi.name,
+        "roi": roi_id(cfg.roi.name, cfg.roi.impl),
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": int(cfg.seed),
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("skipped %d unreadable training image(s), ids: %s", len(ids), ids[:50])
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         logger.log_hyperparams(
-            {"roi": cfg.roi.name, "model": cfg.model.name, "seed": int(cfg.seed), "data": cfg.data.name},
+            {key: metrics[key] for key in ("roi", "model", "seed", "data")},
             {f"hparams/{k.replace('/', '_')}": v for k, v in module.metrics.items()},
         )
         print(f"metrics: {output_dir / 'metrics.json'}  segm/AP={metrics.get('segm/AP', float('nan')):.4f}")

@@ -23,6 +23,15 @@ def test_roi_options_build_their_op(compose_cfg, roi):
     assert op.kind == cfg.roi.kind
 
 
+def test_runs_of_a_roi_impl_sweep_get_their_own_names(compose_cfg):
+    """`-m roi.impl=ours,torchvision` must not write two runs into one directory."""
+    subdirs = [
+        compose_cfg("train", [f"roi.impl={impl}", "seed=3"], return_hydra_config=True).hydra.sweep.subdir
+        for impl in ("ours", "torchvision")
+    ]
+    assert subdirs == ["r18_fpn_align_s3", "r18_fpn_align-torchvision_s3"]
+
+
 @pytest.mark.parametrize("model", _options("model"))
 def test_model_options_build(compose_cfg, model):
     cfg = compose_cfg("train", [f"model={model}"])
