@@ -225,3 +225,33 @@ def test_cuda_no_host_sync_without_validation():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert all(f.grad is not None for f in features)
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize(("kind", "kw"), CASES, ids=CASE_IDS)
+def test_cuda_bad_levels_and_empty_maps_without_validation(kind, kw, deterministic):
+    """validate=False on the GPU: a RoI with a level outside [0, L) outputs 0 and sends no gradient; a
+    level with an empty map is harmless; the valid RoIs are unaffected."""
+    features, rois, levels = make_pyramid(torch.float32, C=16, device="cuda")
+    features[3] = features[3][:, :, :0]  # an empty top level
+    levels[:4] = torch.tensor([-1, 4, 9, 3], device="cuda")
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        call = lambda fs: ops.multilevel_roi(fs, rois, levels, (5, 4), SCALES, kind, validate=False, **kw)  # noqa: E731
+        out, grads = forward_backward(call, features)
+        valid = levels < 3  # level 3 has no pixels: its RoIs output 0 too
+        valid[:4] = False
+        ref_out, ref_grads = forward_backward(
+            lambda fs: ops.multilevel_roi(fs[:3], rois[valid], levels[valid], (5, 4), SCALES[:3], kind, **kw),
+            features,
+        )
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert bool((out[~valid] == 0).all())
+    torch.testing.assert_close(out[valid], ref_out)
+    assert grads[3].numel() == 0
+    for grad, ref in zip(grads[:3], ref_grads[:3], strict=True):
+        torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-4)

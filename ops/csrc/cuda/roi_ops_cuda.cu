@@ -367,6 +367,11 @@ template <typename scalar_t>
 struct BwdArgs {
   Maps<at::opmath_type<scalar_t>*> maps;
   const int64_t* levels;  // [K] or nullptr
+  // Deterministic path with levels: the RoIs of level l, in ascending order, are
+  // by_level[level_begin[l] .. level_begin[l + 1]) (a stable sort by level), so that a thread visits only
+  // its own level's RoIs. nullptr without levels: RoIs 0 .. K-1.
+  const int64_t* by_level;
+  const int64_t* level_begin;  // [L + 1]
   const scalar_t* grad;
   const int32_t* argmax;  // nullptr in avg mode
   const at::opmath_type<scalar_t>* rois;  // [K, 5] in the coordinate type
@@ -380,6 +385,18 @@ struct OwnedRun {
   int l;
   int64_t n, y, xa, xb, c;
 };
+
+// Deterministic path: RoIs j0 <= j < j1 of level l are roi_of(a, j), in ascending order.
+template <typename Args>
+__device__ __forceinline__ void level_rois(const Args& a, int l, int64_t* j0, int64_t* j1) {
+  *j0 = a.by_level == nullptr ? 0 : a.level_begin[l];
+  *j1 = a.by_level == nullptr ? a.K : a.level_begin[l + 1];
+}
+
+template <typename Args>
+__device__ __forceinline__ int64_t roi_of(const Args& a, int64_t j) {
+  return a.by_level == nullptr ? j : a.by_level[j];
+}
 
 template <typename P>
 __device__ __forceinline__ OwnedRun owned_run(const Maps<P>& m, int64_t C, int64_t item) {
@@ -516,8 +533,10 @@ __global__ void __launch_bounds__(kThreads) sampled_backward_gather_kernel(const
     const int y = static_cast<int>(o.y), xa = static_cast<int>(o.xa), xb = static_cast<int>(o.xb);
     T* acc = a.maps.data[o.l] + ((n * H + y) * W) * a.C + c;  // pixel x of the owned row is acc[x * C]
     const int64_t PP = a.PH * a.PW;
-    for (int64_t k = 0; k < a.K; ++k) {
-      if (roi_level(a.levels, k, a.maps.L) != o.l) continue;
+    int64_t j0, j1;
+    level_rois(a, o.l, &j0, &j1);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t k = roi_of(a, j);
       const RoiGeom<T> g = roi_geom<T>(a.rois + k * 5, static_cast<T>(a.maps.scale[o.l]), a.PH, a.PW,
                                        a.sampling_ratio, a.aligned, a.warp, a.N);
       if (g.n != n) continue;
@@ -610,9 +629,12 @@ __global__ void __launch_bounds__(kThreads) pool_backward_gather_kernel(const Bw
     T* acc = a.maps.data[o.l] + ((n * H + y) * W) * a.C + c;
     const int64_t PP = a.PH * a.PW;
     const T s = static_cast<T>(a.maps.scale[o.l]);
-    for (int64_t k = 0; k < a.K; ++k) {
+    int64_t j0, j1;
+    level_rois(a, o.l, &j0, &j1);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t k = roi_of(a, j);
       const T* r = a.rois + k * 5;
-      if (roi_level(a.levels, k, a.maps.L) != o.l || roi_batch<T>(r[0], a.N) != n) continue;
+      if (roi_batch<T>(r[0], a.N) != n) continue;
       const PoolAxis ay = pool_axis<T>(r[2], r[4], s);
       // Bins lie in [start, start + size], the end inclusive since ceil((b + 1) * bin) may round up.
       if (y < ay.start || y > ay.start + ay.size) continue;
@@ -698,7 +720,8 @@ Tensor check_levels(const Tensor& levels, const Tensor& rois, size_t L, const ch
 }
 
 // Layout decision for all maps together: NHWC when every map is channels_last (and one of them is not also
-// contiguous), else NCHW (maps made contiguous where needed).
+// contiguous), else NCHW (maps made contiguous where needed: a pyramid of mixed layouts pays a copy of its
+// channels_last levels; the backbone gives all levels one layout).
 std::vector<Tensor> prepare_inputs(at::TensorList inputs, bool* nhwc) {
   bool all_cl = true, all_contig = true;
   for (const Tensor& x : inputs) {
@@ -881,6 +904,15 @@ std::vector<Tensor> run_backward(const Tensor& grad_, const Tensor& rois_, const
     const Tensor grad = grad_.permute({0, 2, 3, 1}).contiguous();
     const Tensor argmax = need_argmax ? argmax_.permute({0, 2, 3, 1}).contiguous() : Tensor();
     const Tensor rois = rois_.to(acc_type).contiguous();
+    // Deterministic path with levels: RoIs grouped by level on the device (a stable sort keeps each level's
+    // RoIs in ascending order, the summation order of the per-level op; no host sync).
+    Tensor by_level, level_begin;
+    if (det && levels.defined()) {
+      const auto sorted = at::sort(levels, /*stable=*/true);
+      by_level = std::get<1>(sorted).contiguous();
+      const Tensor bounds = at::arange(static_cast<int64_t>(L) + 1, levels.options());
+      level_begin = at::searchsorted(std::get<0>(sorted), bounds);  // first sorted position of each level
+    }
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_backward_cuda", [&] {
       using T = at::opmath_type<scalar_t>;
@@ -889,6 +921,8 @@ std::vector<Tensor> run_backward(const Tensor& grad_, const Tensor& rois_, const
       BwdArgs<scalar_t> a;
       a.maps = maps_of(data, heights, widths, scales);
       a.levels = levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr;
+      a.by_level = by_level.defined() ? by_level.const_data_ptr<int64_t>() : nullptr;
+      a.level_begin = level_begin.defined() ? level_begin.const_data_ptr<int64_t>() : nullptr;
       a.grad = grad.const_data_ptr<scalar_t>();
       a.argmax = need_argmax ? argmax.const_data_ptr<int32_t>() : nullptr;
       a.rois = rois.const_data_ptr<T>();
