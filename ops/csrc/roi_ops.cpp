@@ -4,6 +4,9 @@
 // TORCH_LIBRARY_IMPL(roi_ops, CUDA, m); a CPU-only build simply leaves that file out.
 //
 // Shapes: input [N, C, H, W], rois [K, 5] = (batch_idx, x1, y1, x2, y2), output [K, C, ph, pw].
+// multilevel_roi_*: inputs L x [N, C, H_l, W_l] and levels Int64[K]; RoI k reads inputs[levels[k]] with
+// spatial_scales[levels[k]]. Every kernel below works on such a list of maps (`Levels`); the single-level
+// ops are the case L = 1, so both share one implementation and one summation order.
 // Dtypes: the rois are in the input dtype or in the coordinate type T = at::opmath_type (float32 for
 // half/bfloat16 input, which the Python API always passes); all geometry and accumulation runs in T.
 //
@@ -11,7 +14,7 @@
 //   forward : parallel over RoIs. The sampling table of a RoI (separable per-axis bilinear neighbours and
 //             weights, only for the samples inside the map) is built once and shared by all channels.
 //   backward: all tables are built first (parallel over RoIs); then parallel over the (n, c) planes of
-//             grad_input. Each thread owns its planes and visits the RoIs of image n in ascending order,
+//             grad_input (of every level). Each thread owns its planes and visits the RoIs of image n in ascending order,
 //             so there are no atomics and the result is bitwise deterministic (independent of the number
 //             of threads), with the same summation order per element as a sequential loop over RoIs.
 //   plane order: work item i is the plane (n = i % N, c = i / N), so the contiguous item range of each
@@ -455,7 +458,9 @@ std::vector<Tensor> scatter_backward(const Tensor& rois, const Levels& lv, at::S
 // RoIAlign / RoIWarp backward
 std::vector<Tensor> sampled_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const Levels& lv,
                                      const SampleParams& sp, bool max_mode, const char* op) {
-  for (int64_t l = 0; l < lv.count(); ++l) check_grad(grad_, rois_, sp.pooled_h, sp.pooled_w, lv.N, lv.C, lv.H[l], lv.W[l], op);
+  for (int64_t l = 0; l < lv.count(); ++l) {
+    check_grad(grad_, rois_, sp.pooled_h, sp.pooled_w, lv.N, lv.C, lv.H[l], lv.W[l], op);
+  }
   TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
   if (max_mode) check_argmax(argmax_, grad_, op);
   const int64_t K = rois_.size(0), C = lv.C, ph = sp.pooled_h, pw = sp.pooled_w;
@@ -530,8 +535,8 @@ std::vector<Tensor> sampled_backward(const Tensor& grad_, const Tensor& rois_, c
       }
       return ok;
     };
-    grad_inputs = scatter_backward<scalar_t>(rois, lv, grad.scalar_type(), add,
-                                             (std::string(op) + ": argmax holds an index outside the sampling grid").c_str());
+    const std::string bad = std::string(op) + ": argmax holds an index outside the sampling grid";
+    grad_inputs = scatter_backward<scalar_t>(rois, lv, grad.scalar_type(), add, bad.c_str());
   });
   return grad_inputs;
 }
@@ -651,8 +656,8 @@ std::vector<Tensor> pool_backward(const Tensor& grad_, const Tensor& rois_, cons
       }
       return ok;
     };
-    grad_inputs = scatter_backward<scalar_t>(rois, lv, grad.scalar_type(), add,
-                                             (std::string(op) + ": argmax holds an index outside the input plane").c_str());
+    const std::string bad = std::string(op) + ": argmax holds an index outside the input plane";
+    grad_inputs = scatter_backward<scalar_t>(rois, lv, grad.scalar_type(), add, bad.c_str());
   });
   return grad_inputs;
 }

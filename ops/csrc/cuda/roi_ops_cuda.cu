@@ -4,6 +4,9 @@
 // Shapes: input [N, C, H, W], rois [K, 5] = (batch_idx, x1, y1, x2, y2) in the input dtype or in the
 //         coordinate type (float32 for half/bfloat16 input); the host converts them to T before launching,
 //         output / argmax / grad [K, C, PH, PW] (contiguous), grad_input [N, C, H, W] (contiguous).
+// multilevel_roi_*: a list of up to kMaxLevels maps (one layout for all) and levels Int64[K]; RoI k reads
+//         map levels[k]. Every kernel takes the maps as a `Maps` table; the single-level ops pass one map.
+//         Forward and backward are one launch each for all levels, with no host sync.
 // All geometry (boxes, sample positions, bilinear weights, RoIPool bins) comes from ../roi_geometry.h,
 // the same code the CPU kernels use. Math runs in T = at::opmath_type<scalar_t> (float for
 // float/half/bfloat16, double for double); results are stored in the input dtype.
@@ -26,6 +29,7 @@
 //     (n, y, column chunk, c) owns that run of grad_input pixels and gathers: it visits the RoIs in
 //     ascending k, skips those of other images or not touching its rows/columns, and adds the
 //     contributions of the bins/samples in fixed (k, ph, pw, sample) order with plain read-modify-write.
+//     With levels, a device-side stable sort by level lets each thread visit only its level's RoIs.
 //     Bitwise reproducible; extra memory is only the N*C*H*W buffer (no K*C*H*W blow-up).
 // RoI batch indices outside [0, N) are not validated on the device (that needs a host sync, which the
 //   CPU op can afford); such RoIs produce 0 (argmax -1) and receive no gradient.
@@ -897,7 +901,9 @@ std::vector<Tensor> run_backward(const Tensor& grad_, const Tensor& rois_, const
   const int64_t K = rois_.size(0);
   const at::ScalarType acc_type = coord_type(grad_.scalar_type());
   std::vector<Tensor> accs;
-  for (size_t l = 0; l < L; ++l) accs.push_back(at::zeros({N, heights[l], widths[l], C}, grad_.options().dtype(acc_type)));
+  for (size_t l = 0; l < L; ++l) {
+    accs.push_back(at::zeros({N, heights[l], widths[l], C}, grad_.options().dtype(acc_type)));
+  }
   if (K > 0 && N * C > 0) {
     const bool det = at::globalContext().deterministicAlgorithms();
     // Channel-last views of grad / argmax so that channel-fastest threads read them coalesced.
