@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from bench import roi_ops, train_step
+from bench import multilevel, roi_ops, train_step
 
 
 @pytest.mark.slow
@@ -81,3 +81,14 @@ def test_roi_ops_bench_fused_and_per_level_calls_do_the_same_work():
     fwd_bytes, fwd_bwd_bytes = roi_ops.compulsory_bytes(feats, rois, 7)
     assert fwd_bytes == sum(f.numel() * 4 for f in feats) + rois.shape[0] * 4 * 49 * 4
     assert fwd_bwd_bytes == 2 * fwd_bytes
+
+
+def test_multilevel_bench_times_three_ways_of_the_same_work(tmp_path):
+    feats, per_level, rois, levels = roi_ops.make_workload(torch.device("cpu"), torch.float32, 4, 1, 48)
+    outs = {name: way(feats, rois, levels, per_level, 7) for name, way in multilevel.WAYS.items()}
+    (fused,), (grouped,) = outs["fused"], outs["grouped"]
+    assert torch.equal(fused, grouped)
+    assert torch.equal(torch.cat([fused[levels == i] for i in range(4)]), torch.cat(outs["per_level"]))
+    rows = multilevel.run(torch.device("cpu"), 1, channels=4, images=1, rois_per_image=48)
+    assert [row["output"] for row in rows] == ["7x7", "14x14"]
+    assert all(v > 0 for row in rows for k, v in row.items() if k.endswith("_ms"))
