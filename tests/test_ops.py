@@ -74,6 +74,22 @@ def test_roi_pool_matches_torchvision(dtype):
         assert_close(ours[1], ref[1], TOL[dtype])
 
 
+@pytest.mark.parametrize("scale", [1 / 4, 1 / 32])
+def test_float32_roi_align_is_as_accurate_as_torchvision(scale):
+    """Against the float64 result, our float32 RoIAlign errs no more than torchvision's, forward and backward
+    (the two interpolate in different orders, so they differ from each other by rounding)."""
+    # Inputs representable in float32, so only the ops' arithmetic differs from the float64 result.
+    x = (torch.randn(2, 16, 48, 48, generator=torch.Generator().manual_seed(5)) * 3).double()
+    rois = make_rois(200, 2, 48 / scale, 48 / scale, torch.float32, seed=5).double()
+    exact = run(torchvision.ops.roi_align, x, rois, (14, 14), scale, 2, True)
+    ours = run(lambda t, r: ops.roi_align(t, r, (14, 14), scale, 2, True), x.float(), rois.float())
+    tv = run(torchvision.ops.roi_align, x.float(), rois.float(), (14, 14), scale, 2, True)
+    for i in range(2):
+        err_ours = (ours[i].double() - exact[i]).abs().max().item()
+        err_tv = (tv[i].double() - exact[i]).abs().max().item()
+        assert 0 < err_ours <= 1.05 * err_tv, (i, err_ours, err_tv)
+
+
 def test_list_of_boxes_matches_tensor_form():
     x = torch.randn(2, 3, 9, 11)
     rois = make_rois(8, 2, 9, 11, torch.float32, seed=5)
