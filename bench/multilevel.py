@@ -28,6 +28,7 @@ import torch
 import ops
 from bench.report import write_json
 from bench.roi_ops import RESULTS, STRIDES, machine, make_workload, sync
+from roi_heads.roi_op import pool_by_level
 
 SCALES = [1.0 / s for s in STRIDES]
 
@@ -37,13 +38,8 @@ def fused(feats, rois, levels, per_level, out):
 
 
 def grouped(feats, rois, levels, per_level, out):
-    order = torch.argsort(levels, stable=True)
-    counts = torch.bincount(levels, minlength=len(feats)).tolist()
-    pooled = [
-        ops.roi_align(f, group, out, scale, 2, True, validate=False)
-        for f, group, scale in zip(feats, rois[order].split(counts), SCALES, strict=True)
-    ]
-    return [torch.cat(pooled)[torch.argsort(order)]]
+    pool = lambda f, group, scale: ops.roi_align(f, group, out, scale, 2, True, validate=False)  # noqa: E731
+    return [pool_by_level(pool, feats, rois, levels, SCALES)]
 
 
 def per_level(feats, rois, levels, per_level, out):

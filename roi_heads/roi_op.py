@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -85,16 +87,13 @@ class RoIOp(nn.Module):
                 self.pool_mode,
                 validate=False,
             )
-        # One sort: one host sync (the group sizes) instead of one per level, and one gather back to the
-        # input order instead of a copy of the whole output per level.
-        order = torch.argsort(levels, stable=True)
-        counts = torch.bincount(levels, minlength=len(features)).tolist()
-        groups = rois[order].split(counts)
-        pooled = [
-            self(feature, group, output_size, scale)
-            for feature, group, scale in zip(features, groups, spatial_scales, strict=True)
-        ]
-        return torch.cat(pooled)[torch.argsort(order)]
+        return pool_by_level(
+            lambda feature, group, scale: self(feature, group, output_size, scale),
+            features,
+            rois,
+            levels,
+            spatial_scales,
+        )
 
     def extra_repr(self) -> str:
         extra = (
@@ -110,6 +109,25 @@ class RoIOp(nn.Module):
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+def pool_by_level(
+    pool: Callable[[Tensor, Tensor, float], Tensor],
+    features: list[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    spatial_scales: list[float],
+) -> Tensor:
+    """One single-level ``pool(feature, rois, scale)`` call per level, rows back in RoI order -> [R, C, ph, pw].
+
+    One sort: one host sync (the group sizes) instead of one per level, and one gather back to the input
+    order instead of a copy of the whole output per level.
+    """
+    order = torch.argsort(levels, stable=True)
+    counts = torch.bincount(levels, minlength=len(features)).tolist()
+    groups = rois[order].split(counts)
+    pooled = [pool(f, group, scale) for f, group, scale in zip(features, groups, spatial_scales, strict=True)]
+    return torch.cat(pooled)[torch.argsort(order)]
 
 
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:

@@ -767,6 +767,19 @@ Maps<P> maps_of(const std::vector<P>& data, at::IntArrayRef heights, at::IntArra
   return m;
 }
 
+// The forward's table of input maps: data pointers, sizes and spatial scales.
+template <typename scalar_t>
+Maps<const scalar_t*> input_maps(const std::vector<Tensor>& inputs, at::ArrayRef<double> scales) {
+  std::vector<const scalar_t*> data;
+  std::vector<int64_t> heights, widths;
+  for (const Tensor& x : inputs) {
+    data.push_back(x.const_data_ptr<scalar_t>());
+    heights.push_back(x.size(2));
+    widths.push_back(x.size(3));
+  }
+  return maps_of(data, heights, widths, scales);
+}
+
 std::tuple<Tensor, Tensor> sampled_forward(at::TensorList inputs_, const Tensor& rois_, const Tensor& levels_,
                                            at::ArrayRef<double> scales, int64_t ph, int64_t pw,
                                            int64_t sampling_ratio, bool aligned, bool warp, bool max_mode,
@@ -787,17 +800,10 @@ std::tuple<Tensor, Tensor> sampled_forward(at::TensorList inputs_, const Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "roi_sampled_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     constexpr int V = 16 / sizeof(scalar_t);  // 16-byte vectors: 4 float, 2 double, 8 half/bfloat16
-    std::vector<const scalar_t*> data;
-    std::vector<int64_t> heights, widths;
-    bool aligned16 = true;
-    for (const Tensor& x : inputs) {
-      data.push_back(x.const_data_ptr<scalar_t>());
-      heights.push_back(x.size(2));
-      widths.push_back(x.size(3));
-      aligned16 = aligned16 && reinterpret_cast<uintptr_t>(data.back()) % 16 == 0;
-    }
     SampledFwdArgs<scalar_t> a;
-    a.maps = maps_of(data, heights, widths, scales);
+    a.maps = input_maps<scalar_t>(inputs, scales);
+    bool aligned16 = true;
+    for (int l = 0; l < a.maps.L; ++l) aligned16 = aligned16 && reinterpret_cast<uintptr_t>(a.maps.data[l]) % 16 == 0;
     a.levels = levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr;
     a.rois = rois.const_data_ptr<T>();
     a.out = output.mutable_data_ptr<scalar_t>();
@@ -841,15 +847,8 @@ std::tuple<Tensor, Tensor> pool_forward(at::TensorList inputs_, const Tensor& ro
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "roi_pool_forward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    std::vector<const scalar_t*> data;
-    std::vector<int64_t> heights, widths;
-    for (const Tensor& x : inputs) {
-      data.push_back(x.const_data_ptr<scalar_t>());
-      heights.push_back(x.size(2));
-      widths.push_back(x.size(3));
-    }
     PoolFwdArgs<scalar_t> a;
-    a.maps = maps_of(data, heights, widths, scales);
+    a.maps = input_maps<scalar_t>(inputs, scales);
     a.levels = levels.defined() ? levels.const_data_ptr<int64_t>() : nullptr;
     a.rois = rois.const_data_ptr<T>();
     a.out = output.mutable_data_ptr<scalar_t>();
