@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torchvision.models.detection._utils import BoxCoder
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskrcnn.backbones import Backbone, build_backbone
 from maskrcnn.detector import MaskRCNN
+from maskrcnn.rpn import build_rpn
 from roi_heads import (
     BoxPredictor,
     MaskConvHead,
@@ -23,6 +21,7 @@ from roi_heads import (
     RoIHeads,
     RoIOp,
 )
+from roi_heads.box_coder import Float32BoxCoder
 
 IMAGE_MEAN, IMAGE_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -37,28 +36,8 @@ def build_model(model: Any, roi: Any, num_classes: int, min_size: int, max_size:
     return MaskRCNN(
         transform,
         backbone.body,
-        build_rpn(model.rpn, backbone),
+        build_rpn(backbone, **model.rpn),
         build_roi_heads(model.roi_heads, roi, backbone, num_classes),
-    )
-
-
-def build_rpn(cfg: Any, backbone: Backbone) -> RegionProposalNetwork:
-    sizes, ratios = tuple(cfg.anchor_sizes), tuple(cfg.aspect_ratios)
-    if len(backbone.featmap_names) > 1:  # FPN: one anchor size per level, plus the extra 'pool' level
-        anchors = AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
-    else:
-        anchors = AnchorGenerator((sizes,), (ratios,))
-    head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
-    return RegionProposalNetwork(
-        anchors,
-        head,
-        fg_iou_thresh=0.7,
-        bg_iou_thresh=0.3,
-        batch_size_per_image=cfg.batch_size_per_image,
-        positive_fraction=0.5,
-        pre_nms_top_n={"training": cfg.pre_nms_top_n_train, "testing": cfg.pre_nms_top_n_test},
-        post_nms_top_n={"training": cfg.post_nms_top_n_train, "testing": cfg.post_nms_top_n_test},
-        nms_thresh=0.7,
     )
 
 
@@ -79,7 +58,7 @@ def build_roi_heads(cfg: Any, roi: Any, backbone: Backbone, num_classes: int) ->
         box_head = MLPBoxHead(backbone.out_channels, cfg.box_resolution, cfg.box_head_dim)
         mask_head = MaskConvHead(backbone.out_channels, list(cfg.mask_head_dims))
         mask_channels = mask_head.out_channels
-    box_coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    box_coder = Float32BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
     return RoIHeads(
         box_extractor=extractor(cfg.box_resolution),
         box_head=box_head,
@@ -87,7 +66,9 @@ def build_roi_heads(cfg: Any, roi: Any, backbone: Backbone, num_classes: int) ->
         mask_extractor=extractor(cfg.mask_resolution),
         mask_head=mask_head,
         mask_predictor=MaskPredictor(mask_channels, cfg.mask_predictor_dim, num_classes),
-        sampler=ProposalSampler(box_coder, 0.5, 0.5, cfg.batch_size_per_image, cfg.positive_fraction),
+        sampler=ProposalSampler(
+            box_coder, cfg.fg_iou_thresh, cfg.bg_iou_thresh, cfg.batch_size_per_image, cfg.positive_fraction
+        ),
         box_coder=box_coder,
         score_thresh=cfg.score_thresh,
         nms_thresh=cfg.nms_thresh,

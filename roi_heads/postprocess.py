@@ -7,6 +7,8 @@ from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
+from roi_heads.box_coder import to_geometry_dtype
+
 
 def detect_boxes(
     class_logits: Tensor,
@@ -18,10 +20,13 @@ def detect_boxes(
     nms_thresh: float,
     detections_per_img: int,
 ) -> list[dict[str, Tensor]]:
-    """class_logits [R, K+1], box_regression [R, (K+1)*4] -> N dicts: boxes [D, 4], scores [D], labels [D]."""
+    """class_logits [R, K+1], box_regression [R, (K+1)*4] -> N dicts: boxes [D, 4], scores [D], labels [D].
+
+    Boxes and scores come out in float32 (float64 for float64 input) even when the heads ran under autocast.
+    """
     num_classes = class_logits.shape[1]
-    boxes_all = box_coder.decode(box_regression, proposals).reshape(-1, num_classes, 4)
-    scores_all = class_logits.softmax(-1)
+    boxes_all = box_coder.decode(to_geometry_dtype(box_regression), proposals).reshape(-1, num_classes, 4)
+    scores_all = to_geometry_dtype(class_logits).softmax(-1)
     results = []
     counts = [len(p) for p in proposals]
     for boxes, scores, size in zip(
@@ -40,6 +45,9 @@ def detect_boxes(
 
 
 def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
-    """mask_logits [D, K+1, M, M], labels Int64[D] -> [D, 1, M, M] sigmoid of each detection's class map."""
+    """mask_logits [D, K+1, M, M], labels Int64[D] -> [D, 1, M, M] sigmoid of each detection's class map.
+
+    Float32 (float64 for float64 logits) whatever the logits' dtype: the masks are pasted and thresholded next.
+    """
     index = torch.arange(len(labels), device=labels.device)
-    return mask_logits[index, labels].sigmoid()[:, None]
+    return to_geometry_dtype(mask_logits[index, labels]).sigmoid()[:, None]
