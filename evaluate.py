@@ -8,6 +8,9 @@ import hydra
 from omegaconf import DictConfig
 
 from maskrcnn.evaluating import evaluate
+from maskrcnn.resolvers import register_resolvers
+
+register_resolvers()  # before @hydra.main composes the config
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

@@ -9,7 +9,10 @@ python train.py -m roi=pool,align seed=0,1       # a sweep (Hydra multirun)
 import hydra
 from omegaconf import DictConfig
 
+from maskrcnn.resolvers import register_resolvers
 from maskrcnn.training import train
+
+register_resolvers()  # before @hydra.main composes the config
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
+
+from maskrcnn.checkpoints import load_torch_file
 
 KINDS = ("fpn", "c4", "c5")
 NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
@@ -33,7 +37,7 @@ class Backbone:
 
 
 def build_resnet(arch: str, weights: str | None, norm: str) -> nn.Module:
-    """A torchvision ResNet with ImageNet weights by name, from a local file, or random (weights=None)."""
+    """A torchvision ResNet: random (weights=None), from a local file, or with ImageNet weights by name."""
     if norm not in NORMS:
         raise ValueError(f"model.backbone.norm={norm!r} is not one of {', '.join(NORMS)}")
     try:
@@ -42,19 +46,56 @@ def build_resnet(arch: str, weights: str | None, norm: str) -> nn.Module:
         raise ValueError(
             f"model.backbone.arch={arch!r} is not a torchvision ResNet (e.g. resnet18, resnet50)"
         ) from None
-    weight_path = Path(str(weights)).expanduser() if weights else None
-    if weight_path is not None and weight_path.suffix in {".pth", ".pt"}:
-        if not weight_path.is_file():
-            raise FileNotFoundError(f"model.backbone.weights: no such file {weight_path}")
+    if weights is None:
+        return factory(weights=None, norm_layer=NORMS[norm])
+    if _is_path(str(weights)):
         resnet = factory(weights=None, norm_layer=NORMS[norm])
-        state = torch.load(weight_path, map_location="cpu", weights_only=True)
-        missing, unexpected = resnet.load_state_dict(state, strict=False)
-        if [k for k in missing if not k.startswith("fc.")] or unexpected:
-            raise ValueError(
-                f"{weight_path} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        _load_file(resnet, Path(str(weights)).expanduser(), arch)
         return resnet
-    return factory(weights=weights, norm_layer=NORMS[norm])
+    named = _named_weights(arch, str(weights))
+    try:
+        return factory(weights=named, norm_layer=NORMS[norm])
+    except URLError as e:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(named.url).path).name
+        raise RuntimeError(
+            f"model.backbone.weights={weights!r}: could not download {named.url} ({e.reason}). Offline, put that "
+            f"file at {cached} (torchvision looks there first; $TORCH_HOME moves it), or pass a local file: "
+            "model.backbone.weights=/path/to/weights.pth"
+        ) from e
+
+
+def _is_path(weights: str) -> bool:
+    """A file path (exists, or has a directory part or a suffix) rather than a torchvision weights name."""
+    path = Path(weights).expanduser()
+    return path.is_file() or "/" in weights or path.suffix in {".pth", ".pt", ".pkl", ".bin", ".ckpt"}
+
+
+def _named_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
+    """'IMAGENET1K_V1', 'DEFAULT' or 'ResNet50_Weights.IMAGENET1K_V1' -> the torchvision weights enum."""
+    enum = torchvision.models.get_model_weights(arch)
+    member = name.removeprefix(f"{enum.__name__}.")
+    if member == "DEFAULT":
+        return enum.DEFAULT
+    if member not in enum.__members__:
+        raise ValueError(
+            f"model.backbone.weights={name!r} is neither a file nor a weights name of {arch} "
+            f"({', '.join([*enum.__members__, 'DEFAULT'])}); a local file needs its path, e.g. /path/to/{arch}.pth"
+        )
+    return enum[member]
+
+
+def _load_file(resnet: nn.Module, path: Path, arch: str) -> None:
+    state = load_torch_file(path, "model.backbone.weights")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"model.backbone.weights: {path} does not hold a state_dict (a dict of tensors)")
+    try:
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"model.backbone.weights: {path} does not fit {arch}: {e}") from e
+    if [k for k in missing if not k.startswith("fc.")] or unexpected:
+        raise ValueError(
+            f"model.backbone.weights: {path} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def freeze_stages(resnet: nn.Module, trainable_layers: int) -> None:

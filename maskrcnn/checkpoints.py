@@ -80,24 +80,47 @@ class LastCheckpoint(Checkpoint):
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be loaded safely: unreadable, truncated, or carrying pickled code."""
+    """A checkpoint or weights file that cannot be loaded safely: not torch.save's, truncated, or carrying code."""
 
 
-def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # a zip archive (torch >= 1.6), or a legacy pickle
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint", *, mmap: bool = False) -> Any:
     """torch.load with weights_only=True (tensors and plain containers only), errors that name the file.
 
+    what: how the error messages call the file ("checkpoint", "model.backbone.weights", ...).
     mmap=True reads the metadata without loading the tensors (cheap, for a peek at the step or config).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise FileNotFoundError(f"no {what} file at {path}")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if path.suffix == ".pkl" and not head.startswith(_TORCH_SAVE_MAGIC[0]):
+        raise CheckpointError(
+            f"{path}: this {what} is a .pkl file, the format of Detectron / detectron2 (Caffe2-style pickles of numpy "
+            "arrays with their own key names), not a file written by torch.save. Convert it to a torchvision "
+            "state_dict first, or use a torchvision .pth file."
+        )
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        kind = "empty" if not head else f"it starts with {head[:24]!r}"
+        raise CheckpointError(f"{path}: not a {what} written by torch.save, nor a pickle ({kind})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path}: refused to load. It holds pickled objects other than tensors and plain containers, "
+            f"{path}: refused to load this {what}. It holds pickled objects other than tensors and plain containers, "
             "which could run arbitrary code (torch.load(weights_only=True) rejected it). Only load checkpoints "
             f"from sources you trust with other tools. Details: {str(e).splitlines()[0]}"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{path}: not a readable {what} (truncated or corrupt?): {e}") from e
+
+
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """A training checkpoint (a dict) via `load_torch_file`."""
+    checkpoint = load_torch_file(path, "checkpoint", mmap=mmap)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint: {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from maskrcnn.checkpoints import read_checkpoint
+from maskrcnn.checkpoints import CheckpointError, read_checkpoint
 from maskrcnn.evaluation import write_results
 from maskrcnn.lit import MaskRCNNModule
 from maskrcnn.resolvers import roi_id
@@ -22,13 +22,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
     checkpoint = read_checkpoint(ckpt_path)
-    run_cfg = OmegaConf.create(checkpoint["hyper_parameters"]["cfg"])
+    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt_path={str(ckpt_path)!r} is not a checkpoint written by train.py (no hyper_parameters/state_dict). "
+            "torchvision Mask R-CNN weights convert with: python -m maskrcnn.torchvision_weights SRC.pth DST.ckpt"
+        )
+    hparams = checkpoint["hyper_parameters"]
+    run_cfg = OmegaConf.create(hparams["cfg"])
     if cfg.get("data") is not None:
         run_cfg.data = cfg.data
     run_cfg.eval = cfg.eval
-    module = MaskRCNNModule(OmegaConf.to_container(run_cfg, resolve=True))
-    module.load_state_dict(checkpoint["state_dict"])
+    run_cfg.model.backbone.weights = None  # the checkpoint holds every weight: no ImageNet download
     datamodule = instantiate(run_cfg.data.module)
+    if datamodule.shapes is None:
+        datamodule.check_paths("validate")
+    module = MaskRCNNModule(OmegaConf.to_container(run_cfg, resolve=True), hparams.get("classes"))
+    module.load_state_dict(checkpoint["state_dict"])
     trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False)
     trainer.validate(module, datamodule=datamodule, verbose=False)
 

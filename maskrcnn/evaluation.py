@@ -37,7 +37,7 @@ def detections_to_coco(
     categories = [contiguous_to_category_id[int(c)] for c in detections["labels"].tolist()]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
     bbox = [
-        {"image_id": image_id, "category_id": c, "bbox": [round(v, 3) for v in b], "score": s}
+        {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
         for c, b, s in zip(categories, xywh, scores, strict=True)
     ]
     if "masks" not in detections or len(scores) == 0:

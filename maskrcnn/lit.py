@@ -31,14 +31,16 @@ class MaskRCNNModule(pl.LightningModule):
     rank alike. Checkpoints carry each rank's RNG states, so a resumed run continues the same random draws.
     """
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], classes: list[dict[str, Any]] | None = None) -> None:
+        """cfg: the resolved run config. classes: {id, name} of labels 1..K (e.g. torchvision's COCO index);
+        None: the val annotations' categories in id order, K = data.num_classes."""
         super().__init__()
-        self.save_hyperparameters({"cfg": cfg})
+        self.save_hyperparameters({"cfg": cfg, "classes": classes})
         self.cfg = OmegaConf.create(cfg)
+        self.classes = classes
         data = self.cfg.data
-        self.model = build_model(
-            self.cfg.model, self.cfg.roi, data.num_classes, data.image_min_size, data.image_max_size
-        )
+        num_classes = len(classes) if classes else data.num_classes
+        self.model = build_model(self.cfg.model, self.cfg.roi, num_classes, data.image_min_size, data.image_max_size)
         self.nonfinite_policy = nonfinite.check_policy(OmegaConf.select(self.cfg, "train.nonfinite", default="abort"))
         self.metrics: dict[str, float] = {}
         self.metrics_step = -1
@@ -117,12 +119,17 @@ class MaskRCNNModule(pl.LightningModule):
         images, targets = batch
         detections = self.model(images)
         dataset = self.trainer.datamodule.val_dataset
+        if self.classes:
+            category_ids = {k + 1: c["id"] for k, c in enumerate(self.classes)}
+            names = [c["name"] for c in self.classes]
+        else:
+            category_ids, names = dataset.contiguous_to_category_id, dataset.category_names
         for image, det, target in zip(images, detections, targets, strict=True):
             image_id = int(target["image_id"])
-            bbox, segm = detections_to_coco(image_id, det, dataset.contiguous_to_category_id)
+            bbox, segm = detections_to_coco(image_id, det, category_ids)
             self._predictions.append({"image_id": image_id, "bbox": bbox, "segm": segm})
             if len(self._predictions) <= self.cfg.train.vis_images and self.global_rank == 0:
-                self._log_picture(image_id, image, det, target, dataset.category_names)
+                self._log_picture(image_id, image, det, target, names)
 
     def on_validation_epoch_end(self) -> None:
         predictions = gather_and_dedupe(self._predictions)

@@ -1,4 +1,4 @@
-"""OmegaConf resolvers the configs use; registered when ``maskrcnn`` is imported (train.py, evaluate.py)."""
+"""OmegaConf resolvers the configs use; `register_resolvers` runs wherever configs are composed."""
 
 from __future__ import annotations
 
@@ -14,4 +14,6 @@ def roi_id(name: str, impl: str = "ours") -> str:
     return name if impl == "ours" else f"{name}-{impl}"
 
 
-OmegaConf.register_new_resolver("roi_id", roi_id, replace=True)
+def register_resolvers() -> None:
+    """Idempotent: train.py, evaluate.py and `maskrcnn.config.compose_config` call it before composing."""
+    OmegaConf.register_new_resolver("roi_id", roi_id, replace=True)

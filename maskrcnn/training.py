@@ -33,6 +33,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed_step = _check_resumable(ckpt_path, cfg) if ckpt_path else 0
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data.module)
+    if datamodule.shapes is None:
+        datamodule.check_paths("fit")  # a missing dataset is reported before any weights download
     module = MaskRCNNModule(OmegaConf.to_container(cfg, resolve=True))
     # purge_step: TensorBoard drops what a killed run logged after the checkpoint we resume from. +1: the
     # pictures of a validation at the checkpoint's step are logged at that step (its scalars one lower).

@@ -48,6 +48,8 @@ def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
     """mask_logits [D, K+1, M, M], labels Int64[D] -> [D, 1, M, M] sigmoid of each detection's class map.
 
     Float32 (float64 for float64 logits) whatever the logits' dtype: the masks are pasted and thresholded next.
+    The sigmoid runs over all classes before the selection, as in torchvision: a vectorised sigmoid rounds an
+    element by where it falls in the vector, so only the same order gives bitwise torchvision's masks.
     """
     index = torch.arange(len(labels), device=labels.device)
-    return to_geometry_dtype(mask_logits[index, labels]).sigmoid()[:, None]
+    return to_geometry_dtype(mask_logits).sigmoid()[index, labels][:, None]

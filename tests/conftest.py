@@ -1,21 +1,12 @@
 """Shared fixtures: composing the Hydra configs the way train.py does, shrunk for tests."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-
-import maskrcnn  # noqa: F401  (registers the ${roi_id:...} resolver the configs use)
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 @pytest.fixture
 def compose_cfg():
     """compose_cfg(config_name, overrides, **compose_kwargs) -> DictConfig, without running Hydra's app."""
+    # Imported here, not at module level: the op tests must collect where hydra is not installed (GPU machine).
+    from maskrcnn.config import compose_config
 
-    def _compose(config_name: str = "train", overrides: list[str] | None = None, **kwargs):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides or [], **kwargs)
-
-    return _compose
+    return compose_config

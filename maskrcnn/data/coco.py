@@ -84,6 +84,8 @@ class CocoInstances(torch.utils.data.Dataset):
     image; "skip" warns and returns the next readable image, whose target then lists the skipped ids under
     ``skipped_image_ids`` (so the training process can count them, whichever worker read them).
     Annotations with a zero-area or negative box are dropped with one warning naming their ids.
+    ``filter_empty``: leave out images without a non-crowd annotation (for training, as torchvision's and
+    detectron2's COCO loaders do).
     """
 
     def __init__(
@@ -91,12 +93,14 @@ class CocoInstances(torch.utils.data.Dataset):
         images_dir: str | os.PathLike,
         annotation_file: str | os.PathLike,
         on_bad_image: str = "error",
+        filter_empty: bool = False,
     ) -> None:
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         self.on_bad_image = on_bad_image
+        self.filter_empty = filter_empty
         if not self.images_dir.is_dir():
             raise DatasetNotFoundError(dataset_not_found_message("image directory", self.images_dir))
         self._load(load_json(self.annotation_file))
@@ -112,6 +116,8 @@ class CocoInstances(torch.utils.data.Dataset):
         self.category_names = [c["name"] for c in cats]  # index k-1 for contiguous label k
 
         images = data["images"]
+        if self.filter_empty:
+            images = self._with_instances(images, data.get("annotations", []))
         self.image_ids = np.array([im["id"] for im in images], dtype=np.int64)
         self.widths = np.array([im["width"] for im in images], dtype=np.int64)
         self.heights = np.array([im["height"] for im in images], dtype=np.int64)
@@ -124,6 +130,8 @@ class CocoInstances(torch.utils.data.Dataset):
         for ann in data.get("annotations", []):
             ann_id = ann.get("id")
             k = id_to_index.get(ann.get("image_id"))
+            if k is None and self.filter_empty and ann.get("image_id") in self._empty_image_ids:
+                continue
             if k is None:
                 raise BadDataError(f"{path}: annotation id {ann_id} references missing image id {ann.get('image_id')}")
             label = self.category_id_to_contiguous.get(ann.get("category_id"))
@@ -163,6 +171,23 @@ class CocoInstances(torch.utils.data.Dataset):
         seg_lens = np.array([len(segs[i]) for i in order], dtype=np.int64)
         self._seg_offsets = np.concatenate([[0], np.cumsum(seg_lens)]).astype(np.int64)
         self._seg_buffer = np.frombuffer(b"".join(segs[i] for i in order), dtype=np.uint8)
+
+    def _with_instances(self, images: list[dict], annotations: list[dict]) -> list[dict]:
+        """The images with at least one non-crowd annotation of positive size; the others are counted."""
+        with_instances = {
+            a.get("image_id")
+            for a in annotations
+            if not a.get("iscrowd", 0) and len(a.get("bbox", ())) == 4 and a["bbox"][2] > 0 and a["bbox"][3] > 0
+        }
+        kept = [im for im in images if im["id"] in with_instances]
+        self._empty_image_ids = {im["id"] for im in images} - with_instances
+        if self._empty_image_ids:
+            warnings.warn(
+                f"{self.annotation_file}: left out {len(self._empty_image_ids)} of {len(images)} images without "
+                "annotations (filter_empty)",
+                stacklevel=4,
+            )
+        return kept
 
     @property
     def num_classes(self) -> int:

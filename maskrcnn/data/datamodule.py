@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from maskrcnn.data.coco import CocoInstances, DatasetNotFoundError, dataset_not_found_message
-from maskrcnn.data.sampler import GroupedBatchSampler
+from maskrcnn.data.sampler import GroupedBatchSampler, same_size_batches
 from maskrcnn.data.shapes import ensure_shapes_dataset
 from maskrcnn.data.transforms import KeyedAugmentation, RandomHorizontalFlip
 
@@ -32,6 +32,11 @@ class InstanceDataModule(pl.LightningDataModule):
         on_bad_image: "error" (stop with the file and image id) or "skip" (warn, count, go on).
         shapes: generation parameters of the shapes dataset (`ensure_shapes_dataset`'s keywords plus `root`).
         flip_prob: horizontal-flip probability in training. seed: batch order and augmentation seed.
+        filter_empty: train only on images with at least one non-crowd annotation (as the references do).
+
+    Validation batches hold images of one size only: the detector pads a batch to its largest image, and the
+    padding would change the features, so the metrics would depend on the batch size (torchvision's reference
+    evaluates one image per GPU for this reason). COCO's frequent sizes (640x480, ...) still batch.
     """
 
     def __init__(
@@ -47,6 +52,7 @@ class InstanceDataModule(pl.LightningDataModule):
         shapes: dict[str, Any] | None = None,
         flip_prob: float = 0.5,
         seed: int = 0,
+        filter_empty: bool = False,
     ) -> None:
         super().__init__()
         self.paths = {
@@ -57,6 +63,7 @@ class InstanceDataModule(pl.LightningDataModule):
         }
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.on_bad_image, self.shapes, self.flip_prob, self.seed = on_bad_image, shapes, flip_prob, seed
+        self.filter_empty = filter_empty
         self.train_dataset: CocoInstances | None = None
         self.val_dataset: CocoInstances | None = None
 
@@ -65,13 +72,17 @@ class InstanceDataModule(pl.LightningDataModule):
             params = dict(self.shapes)
             ensure_shapes_dataset(params.pop("root"), **params)
 
-    def setup(self, stage: str | None = None) -> None:
+    def check_paths(self, stage: str | None = None) -> None:
+        """Raises DatasetNotFoundError for a missing file or directory that `stage` needs (None, fit: all)."""
         for what, path in self.paths.items():
-            if not path.exists():
+            if (stage in (None, "fit") or what.startswith("val")) and not path.exists():
                 raise DatasetNotFoundError(dataset_not_found_message(what, path))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check_paths(stage)
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = CocoInstances(
-                self.paths["train images"], self.paths["train annotations"], self.on_bad_image
+                self.paths["train images"], self.paths["train annotations"], self.on_bad_image, self.filter_empty
             )
         if self.val_dataset is None:
             self.val_dataset = CocoInstances(self.paths["val images"], self.paths["val annotations"], self.on_bad_image)
@@ -128,5 +139,8 @@ class InstanceDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_and_world()
-        shard = Subset(self.val_dataset, range(rank, len(self.val_dataset), world))
-        return DataLoader(shard, batch_size=self.val_batch_size, shuffle=False, **self._loader_options())
+        indices = range(rank, len(self.val_dataset), world)
+        sizes = zip(self.val_dataset.heights[indices].tolist(), self.val_dataset.widths[indices].tolist(), strict=True)
+        batches = same_size_batches(list(sizes), self.val_batch_size)
+        shard = Subset(self.val_dataset, indices)
+        return DataLoader(shard, batch_sampler=batches, **self._loader_options())

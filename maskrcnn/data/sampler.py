@@ -92,3 +92,15 @@ class GroupedBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.world_size
+
+
+def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Batches of positions into `sizes` ((h, w) per image) whose images are all one size, at most
+    `batch_size` each, in order of their first image; within a size the order is kept."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(i)
+    batches = [group[k : k + batch_size] for group in by_size.values() for k in range(0, len(group), batch_size)]
+    return sorted(batches, key=lambda batch: batch[0])
