@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,7 +14,7 @@ from maskrcnn.distributed import all_gather_objects
 from maskrcnn.evaluation import CocoEvaluator, detections_to_coco, gather_and_dedupe
 from maskrcnn.model import build_model
 from maskrcnn.rng_state import capture_rng_state, restore_rng_state
-from maskrcnn.schedule import scaled_lr, warmup_multistep
+from maskrcnn.schedule import scaled_schedule, warmup_multistep
 from maskrcnn.viz import prediction_vs_truth
 
 Batch = tuple[list[Tensor], list[dict[str, Tensor]]]
@@ -156,8 +155,7 @@ class MaskRCNNModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.cfg.optim
-        world = self.trainer.world_size if self.trainer is not None else 1
-        lr = scaled_lr(optim.lr, optim.base_batch_size, self.cfg.data.module.batch_size * world)
+        schedule = scaled_schedule(self.cfg, self.trainer.world_size if self.trainer is not None else 1)
         decay, no_decay = [], []
         for param in self.parameters():
             if param.requires_grad:
@@ -167,12 +165,13 @@ class MaskRCNNModule(pl.LightningModule):
                 {"params": decay, "weight_decay": optim.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=lr,
+            lr=schedule.lr,
             momentum=optim.momentum,
         )
-        steps = [math.floor(s) for s in optim.steps]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: warmup_multistep(step, optim.warmup_iters, optim.warmup_factor, steps, optim.gamma),
+            lambda step: warmup_multistep(
+                step, schedule.warmup_iters, optim.warmup_factor, schedule.lr_steps, optim.gamma
+            ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -19,6 +19,7 @@ from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkp
 from maskrcnn.lit import MaskRCNNModule
 from maskrcnn.resolvers import roi_id
 from maskrcnn.runinfo import device_description
+from maskrcnn.schedule import log_schedule, scaled_schedule, world_size
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         monitor="val/segm_AP",
         mode="max",
     )
-    last = LastCheckpoint(output_dir / "checkpoints", cfg.train.checkpoint_every_n_steps)
+    schedule = scaled_schedule(cfg, world_size(cfg.trainer))
+    log_schedule(cfg, schedule)
+    last = LastCheckpoint(output_dir / "checkpoints", schedule.checkpoint_every_n_steps)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
+        max_steps=schedule.max_steps,
+        val_check_interval=schedule.val_check_interval,
         logger=logger,
         callbacks=[best, last, LearningRateMonitor("step")],
         plugins=[AtomicCheckpointIO()],

@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskrcnn.data.coco import BadDataError, CocoInstances, DatasetNotFoundError
-from maskrcnn.data.sampler import GroupedBatchSampler
+from maskrcnn.data.sampler import GroupedBatchSampler, same_size_batches
 from maskrcnn.data.shapes import SHAPE_CLASSES, ensure_shapes_dataset
 from maskrcnn.data.transforms import KeyedAugmentation, RandomHorizontalFlip
 
@@ -174,6 +174,26 @@ def test_crowd_only_and_empty_images_load(tmp_path):
     _, t2 = ds[1]
     assert t1["iscrowd"].tolist() == [1] and int(t1["masks"].sum()) == 200
     assert t2["boxes"].shape == (0, 4) and t2["masks"].shape == (0, 10, 20)
+
+
+def test_filter_empty_leaves_out_images_without_instances(tmp_path):
+    rle = mask_utils.encode(np.asfortranarray(np.ones((10, 20), np.uint8)))
+    crowd = _ann(1, 2, [0, 0, 20, 10], seg={"size": [10, 20], "counts": rle["counts"].decode()}, crowd=1)
+    anns = [_ann(2, 1, [1, 1, 5, 5]), crowd, _ann(3, 4, [1, 1, 0, 5]), _ann(4, 5, [2, 2, 4, 4])]
+    img, path = _write_coco(tmp_path, [_image(i) for i in range(1, 6)], anns)
+    assert len(CocoInstances(img, path)) == 5
+    with pytest.warns(UserWarning, match=r"instances\.json: left out 3 of 5 images without annotations"):
+        ds = CocoInstances(img, path, filter_empty=True)
+    assert ds.image_ids.tolist() == [1, 5], "crowd-only (2), none (3) and zero-size-box-only (4) are left out"
+    assert [ds[i][1]["boxes"].shape[0] for i in range(len(ds))] == [1, 1]
+
+
+def test_validation_batches_hold_one_image_size():
+    sizes = [(480, 640), (427, 640), (480, 640), (640, 480), (480, 640), (427, 640), (480, 640)]
+    batches = same_size_batches(sizes, batch_size=2)
+    assert batches == [[0, 2], [1, 5], [3], [4, 6]]
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
+    assert all(len({sizes[i] for i in b}) == 1 for b in batches)
 
 
 def test_horizontal_flip_moves_boxes_with_masks():

@@ -65,6 +65,7 @@ def test_multirun_of_two_ddp_jobs_with_an_empty_rank(compose_cfg, tmp_path):
             "trainer.devices=2",
             "trainer.max_steps=6",
             "trainer.val_check_interval=6",
+            "optim.scale_schedule=false",  # the step count as given, at the doubled global batch
             f"data.module.train_annotations={edited}",
             f"paths.data_dir={tmp_path / 'data'}",
             f"hydra.sweep.dir={sweep}",

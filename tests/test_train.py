@@ -118,6 +118,7 @@ def test_ddp_two_cpu_processes_one_run_dir_and_same_ap(align_run, data_dir, tmp_
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
+        "optim.scale_schedule=false",  # the step count as given, at the doubled global batch
         f"paths.data_dir={data_dir}",
         f"hydra.run.dir={runs}/ddp",
     )
