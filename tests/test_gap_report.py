@@ -1,12 +1,10 @@
-"""The gap experiment's tools: the report over metrics.json files, the misalignment probe, the RoI drawing."""
+"""maskrcnn.analysis.gap_report: the paper-style table over runs' metrics.json files."""
 
 import json
 
 import pytest
-import torch
 
-import ops
-from maskrcnn import gap_report, misalignment_probe, roi_geometry_plot
+from maskrcnn.analysis import gap_report
 
 KEYS = gap_report.METRICS
 
@@ -65,47 +63,3 @@ def test_report_names_the_file_with_a_missing_key(tmp_path, capsys):
         gap_report.load_runs([tmp_path])
     with pytest.raises(gap_report.ReportError, match="no metrics.json found under"):
         gap_report.load_runs([tmp_path / "nothing"])
-
-
-def test_probe_pool_error_grows_with_stride_and_align_stays_exact():
-    table = misalignment_probe.probe(64, image_size=512, seed=1)
-    assert all(table["align"][s]["mean"] < 0.05 for s in misalignment_probe.STRIDES)
-    assert table["pool"][32]["mean"] > 4 * table["pool"][4]["mean"] > 0.5
-
-
-def test_probe_recovers_a_known_shift():
-    """A feature map shifted by half a cell is exactly aligned=False's offset: the probe must report it."""
-    rois = misalignment_probe.random_rois(16, 256, margin=32.0, seed=2)
-    err = misalignment_probe.bin_errors("align_legacy", 8, rois, 256)
-    assert err.mean().item() == pytest.approx(4 * 2**0.5, abs=0.05), "half a stride-8 cell in x and y"
-    assert torch.isfinite(err).all()
-
-
-def test_geometry_plot_writes_a_png(tmp_path):
-    out = tmp_path / "grid.png"
-    roi_geometry_plot.main(["--box", "37", "21", "190", "133", "--stride", "32", "--out", str(out)])
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-
-
-def test_geometry_helpers_match_roipool_rounding():
-    assert roi_geometry_plot.round_half_away(2.5) == 3 and roi_geometry_plot.round_half_away(-2.5) == -3
-    geo = roi_geometry_plot.pool_geometry((37, 21, 190, 133), 32, 4)
-    assert geo.box == (32, 32, 224, 160)  # cells round(1.16)=1 .. round(5.94)=6 (+1), round(0.66)=1 .. 4 (+1)
-    assert geo.x_bins[0] == (1, 3) and geo.x_bins[-1] == (5, 7)  # floor/ceil of 6/4 cells: overlapping bins
-
-
-def test_drawn_warp_and_align_samples_are_where_the_ops_sample():
-    """The mean of the drawn sample points of each bin equals the avg op's output on a coordinate map."""
-    roi, stride, size = (37.0, 21.0, 190.0, 133.0), 32, 7
-    features = misalignment_probe.coordinate_features(512, stride)
-    rois = torch.tensor([[0.0, *roi]])
-    outputs = {
-        "warp": ops.roi_warp(features, rois, size, 1 / stride, 2, pool_mode="avg"),
-        "align": ops.roi_align(features, rois, size, 1 / stride, 2, aligned=True),
-    }
-    boxes = {"warp": roi_geometry_plot.warp_box(roi, stride), "align": roi_geometry_plot.align_box(roi, stride)}
-    for name, out in outputs.items():
-        points = torch.tensor(roi_geometry_plot.sample_points(boxes[name], stride, size, 2))  # [P, S, 2]
-        drawn = points.mean(1).reshape(size, size, 2)
-        torch.testing.assert_close(out[0, 0], drawn[..., 0].float(), atol=1e-3, rtol=0)
-        torch.testing.assert_close(out[0, 2], drawn[..., 1].float(), atol=1e-3, rtol=0)

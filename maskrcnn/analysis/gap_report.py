@@ -1,6 +1,6 @@
 """The RoI-gap report: a paper-style table, roi_gap.json and a bar chart from a sweep's metrics.json files.
 
-    python -m maskrcnn.gap_report multirun/gap_shapes_c5 --out results/gap_shapes_c5 [--tensorboard DIR]
+    python -m maskrcnn.analysis.gap_report multirun/gap_shapes_c5 --out results/gap_shapes_c5 [--tensorboard DIR]
 
 Every `metrics.json` below the given directories is one run (written by `train.py`). Runs are grouped by
 setting (model + data) and RoI variant; each cell is mean ± std over seeds, in COCO AP points (x100) like
@@ -18,13 +18,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from roi_heads.variants import BASELINE, VARIANTS, of_run
+
 METRICS = [f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
 REQUIRED = [*METRICS, "roi", "model", "data", "seed"]
-VARIANT_ORDER = ["pool", "warp", "warp_avg", "align_legacy", "align_max", "align"]
 COLUMNS = [("segm/AP", "mask AP"), ("segm/AP50", "AP50"), ("segm/AP75", "AP75"), ("bbox/AP", "box AP")]
-# Same colours as the misalignment probe's figure, so a variant reads the same in both.
-COLORS = {"pool": "#d62728", "warp": "#ff7f0e", "warp_avg": "#bcbd22", "align_legacy": "#9467bd",
-          "align_max": "#17becf", "align": "#1f77b4"}
 
 
 class ReportError(ValueError):
@@ -82,7 +80,7 @@ def comparisons(summary: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """{setting: {"delta_vs_pool": {roi: {metric: diff of means}}, "align_over_pool": {AP75, AP50}}}."""
     out: dict[str, dict] = {}
     for setting, rows in summary.items():
-        base = rows.get("pool")
+        base = rows.get(BASELINE.name)
         entry: dict = {"delta_vs_pool": {}, "align_over_pool": {}}
         if base is not None:
             entry["delta_vs_pool"] = {roi: {k: row[k]["mean"] - base[k]["mean"] for k, _ in COLUMNS}
@@ -99,7 +97,8 @@ def _ratio_value(row: dict, base: dict, key: str) -> float | None:
 
 
 def _variant_rank(roi: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(roi) if roi in VARIANT_ORDER else len(VARIANT_ORDER), roi)
+    v = of_run(roi)
+    return (VARIANTS.index(v) if v is not None else len(VARIANTS), roi)
 
 
 def markdown(summary: dict[str, dict[str, dict]]) -> str:
@@ -108,7 +107,7 @@ def markdown(summary: dict[str, dict[str, dict]]) -> str:
         lines += [f"### {setting}", ""]
         header = " | ".join(name for _, name in COLUMNS)
         lines += [f"| RoI op | {header} | seeds | Δ mask AP | Δ AP75 | Δ box AP |", "|---" * (len(COLUMNS) + 5) + "|"]
-        base = rows.get("pool")
+        base = rows.get(BASELINE.name)
         for roi, row in rows.items():
             # One seed has no spread to show: the mean alone, not a misleading "± 0.0".
             cells = [
@@ -154,7 +153,7 @@ def bar_chart(summary: dict[str, dict[str, dict]], path: Path) -> None:
             row = summary[setting][roi]
             xs = [j + (i - (len(rois) - 1) / 2) * width for j in range(len(COLUMNS))]
             ax.bar(xs, [row[k]["mean"] for k, _ in COLUMNS], width, yerr=[row[k]["std"] for k, _ in COLUMNS],
-                   capsize=2, label=f"{roi} (n={row['n']})", color=COLORS.get(roi))
+                   capsize=2, label=f"{roi} (n={row['n']})", color=v.color if (v := of_run(roi)) else "gray")
         ax.set_xticks(range(len(COLUMNS)), [k.replace("segm/", "mask ").replace("bbox/", "box ") for k, _ in COLUMNS])
         ax.set_ylabel("COCO AP (points), mean ± std over seeds")
         ax.set_title(setting)
