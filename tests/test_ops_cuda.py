@@ -131,18 +131,9 @@ def test_cuda_matches_cpu(kind, kw, dtype, channels_last):
 @pytest.mark.parametrize(("kind", "kw"), [c for c in CASES if c[1].get("pool_mode", "max") == "max"])
 def test_argmax_matches_cpu(kind, kw, dtype):
     x, rois = make_case(dtype)
-    s = (SCALE, 7, 6)
-    if kind == "pool":
-        f = torch.ops.roi_ops.roi_pool_forward
-        args = s
-    elif kind == "align":
-        f = torch.ops.roi_ops.roi_align_forward
-        args = (*s, kw["sampling_ratio"], kw["aligned"], True)
-    else:
-        f = torch.ops.roi_ops.roi_warp_forward
-        args = (*s, kw["sampling_ratio"], True)
-    out_c, am_c = f(x, rois, *args)
-    out_g, am_g = f(x.cuda(), rois.cuda(), *args)
+    args = (kind, 7, 6, kw.get("sampling_ratio", 0), kw.get("aligned", True), True)
+    out_c, am_c = torch.ops.roi_ops.multilevel_roi_forward([x], rois, None, [SCALE], *args)
+    out_g, am_g = torch.ops.roi_ops.multilevel_roi_forward([x.cuda()], rois.cuda(), None, [SCALE], *args)
     assert am_g.dtype == torch.int32 and am_g.shape == (rois.shape[0], x.shape[1], 7, 6)
     differ = am_g.cpu() != am_c
     if kind == "pool" or dtype == torch.float64:
@@ -263,10 +254,9 @@ def test_empty_channels_and_outside_boxes(kind, kw):
 def test_opcheck_cuda():
     x, rois = make_case(torch.float32, C=4, K=6)
     x, rois = x.cuda(), rois.cuda()
-    torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, SCALE, 7, 6, 2, True, False))
-    torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, SCALE, 7, 6, -1, False, True))
-    torch.library.opcheck(torch.ops.roi_ops.roi_warp_forward, (x, rois, SCALE, 7, 6, 2, True))
-    torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, SCALE, 7, 6))
+    for args in (("align", 7, 6, 2, True, False), ("align", 7, 6, -1, False, True), ("warp", 7, 6, 2, True, True),
+                 ("pool", 7, 6, 0, True, True)):
+        torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, ([x], rois, None, [SCALE], *args))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -287,7 +277,7 @@ def test_opcheck_cuda_bf16_float32_rois():
     x, _ = make_case(torch.bfloat16, C=4, K=6)
     _, rois = make_case(torch.float32, C=4, K=6)
     x, rois = x.cuda(), rois.cuda()
-    torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, SCALE, 7, 6, 2, True, False))
-    torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, SCALE, 7, 6))
+    for args in (("align", 7, 6, 2, True, False), ("pool", 7, 6, 0, True, True)):
+        torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, ([x], rois, None, [SCALE], *args))
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        torch.ops.roi_ops.roi_pool_forward(x, rois.double(), SCALE, 7, 6)
+        torch.ops.roi_ops.multilevel_roi_forward([x], rois.double(), None, [SCALE], "pool", 7, 6, 0, True, True)

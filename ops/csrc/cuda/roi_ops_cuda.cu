@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "../host_checks.h"
 #include "../roi_geometry.h"
 
 namespace roi_ops_cuda {
@@ -52,6 +53,8 @@ namespace {
 
 using at::Tensor;
 using namespace roi_geometry;
+using roi_ops::op_kind;
+using roi_ops::OpKind;
 
 constexpr int kThreads = 256;
 // Separable avg backward: per-axis tables of touched pixels (larger spans fall back to per-sample atomics).
@@ -882,8 +885,6 @@ void gather_chunks(int64_t N, int64_t C, int64_t H, int64_t W, int64_t* chunk_w,
   *n_chunks = *chunk_w > 0 ? ceil_div(W, *chunk_w) : 0;
 }
 
-enum class OpKind { Align, Warp, Pool };
-
 // Shared driver of the backward kernels: one gradient [N, C, H_l, W_l] per level.
 std::vector<Tensor> run_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& levels_,
                                  const Tensor& argmax_, at::ArrayRef<double> scales, int64_t ph, int64_t pw,
@@ -974,86 +975,38 @@ std::vector<Tensor> run_backward(const Tensor& grad_, const Tensor& rois_, const
 }
 
 // ------------------------------------------------------------------------------------------------
-// Entry points: one feature map
-std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                  int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
-                                                  bool max_mode) {
-  return sampled_forward({input}, rois, Tensor(), {spatial_scale}, ph, pw, sampling_ratio, aligned, /*warp=*/false,
-                         max_mode, "roi_align_forward");
-}
-
-Tensor roi_align_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                               int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                               int64_t sampling_ratio, bool aligned, bool max_mode) {
-  return run_backward(grad, rois, Tensor(), argmax, {spatial_scale}, ph, pw, N, C, {H}, {W}, sampling_ratio,
-                      aligned, OpKind::Align, max_mode, "roi_align_backward")[0];
-}
-
-std::tuple<Tensor, Tensor> roi_warp_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool max_mode) {
-  return sampled_forward({input}, rois, Tensor(), {spatial_scale}, ph, pw, sampling_ratio, /*aligned=*/true,
-                         /*warp=*/true, max_mode, "roi_warp_forward");
-}
-
-Tensor roi_warp_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                              int64_t sampling_ratio, bool max_mode) {
-  return run_backward(grad, rois, Tensor(), argmax, {spatial_scale}, ph, pw, N, C, {H}, {W}, sampling_ratio, true,
-                      OpKind::Warp, max_mode, "roi_warp_backward")[0];
-}
-
-std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                 int64_t ph, int64_t pw) {
-  return pool_forward({input}, rois, Tensor(), {spatial_scale}, ph, pw, "roi_pool_forward");
-}
-
-Tensor roi_pool_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W) {
-  return run_backward(grad, rois, Tensor(), argmax, {spatial_scale}, ph, pw, N, C, {H}, {W}, 0, false,
-                      OpKind::Pool, false, "roi_pool_backward")[0];
-}
-
-// ------------------------------------------------------------------------------------------------
-// Entry points: a pyramid, every RoI read from its own level in one launch
-OpKind op_kind(c10::string_view kind, const char* op) {
-  if (kind == "align") return OpKind::Align;
-  if (kind == "warp") return OpKind::Warp;
-  TORCH_CHECK(kind == "pool", op, ": kind must be 'align', 'warp' or 'pool', got '", std::string(kind), "'");
-  return OpKind::Pool;
-}
+// Entry points: the schema pair. RoI k reads map levels[k] (map 0 when levels is None), one launch per direction.
+Tensor defined_or_empty(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
 std::tuple<Tensor, Tensor> multilevel_roi_forward_cuda(at::TensorList inputs, const Tensor& rois,
-                                                       const Tensor& levels, at::ArrayRef<double> spatial_scales,
-                                                       c10::string_view kind, int64_t ph, int64_t pw,
-                                                       int64_t sampling_ratio, bool aligned, bool max_mode) {
+                                                       const std::optional<Tensor>& levels,
+                                                       at::ArrayRef<double> spatial_scales, c10::string_view kind,
+                                                       int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
+                                                       bool max_mode) {
   const char* op = "multilevel_roi_forward";
   const OpKind k = op_kind(kind, op);
-  if (k == OpKind::Pool) return pool_forward(inputs, rois, levels, spatial_scales, ph, pw, op);
-  return sampled_forward(inputs, rois, levels, spatial_scales, ph, pw, sampling_ratio,
+  const Tensor lv = defined_or_empty(levels);
+  if (k == OpKind::Pool) return pool_forward(inputs, rois, lv, spatial_scales, ph, pw, op);
+  return sampled_forward(inputs, rois, lv, spatial_scales, ph, pw, sampling_ratio,
                          k == OpKind::Align ? aligned : true, k == OpKind::Warp, max_mode, op);
 }
 
-std::vector<Tensor> multilevel_roi_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& levels,
-                                                 const Tensor& argmax, at::ArrayRef<double> spatial_scales,
-                                                 c10::string_view kind, int64_t ph, int64_t pw, int64_t N, int64_t C,
+std::vector<Tensor> multilevel_roi_backward_cuda(const Tensor& grad, const Tensor& rois,
+                                                 const std::optional<Tensor>& levels, const Tensor& argmax,
+                                                 at::ArrayRef<double> spatial_scales, c10::string_view kind,
+                                                 int64_t ph, int64_t pw, int64_t N, int64_t C,
                                                  at::IntArrayRef heights, at::IntArrayRef widths,
                                                  int64_t sampling_ratio, bool aligned, bool max_mode) {
   const char* op = "multilevel_roi_backward";
   const OpKind k = op_kind(kind, op);
-  return run_backward(grad, rois, levels, argmax, spatial_scales, ph, pw, N, C, heights, widths, sampling_ratio,
-                      k == OpKind::Align ? aligned : true, k, k != OpKind::Pool && max_mode, op);
+  return run_backward(grad, rois, defined_or_empty(levels), argmax, spatial_scales, ph, pw, N, C, heights, widths,
+                      sampling_ratio, k == OpKind::Align ? aligned : true, k, k != OpKind::Pool && max_mode, op);
 }
 
 }  // namespace
 }  // namespace roi_ops_cuda
 
 TORCH_LIBRARY_IMPL(roi_ops, CUDA, m) {
-  m.impl("roi_align_forward", &roi_ops_cuda::roi_align_forward_cuda);
-  m.impl("roi_align_backward", &roi_ops_cuda::roi_align_backward_cuda);
-  m.impl("roi_warp_forward", &roi_ops_cuda::roi_warp_forward_cuda);
-  m.impl("roi_warp_backward", &roi_ops_cuda::roi_warp_backward_cuda);
-  m.impl("roi_pool_forward", &roi_ops_cuda::roi_pool_forward_cuda);
-  m.impl("roi_pool_backward", &roi_ops_cuda::roi_pool_backward_cuda);
   m.impl("multilevel_roi_forward", &roi_ops_cuda::multilevel_roi_forward_cuda);
   m.impl("multilevel_roi_backward", &roi_ops_cuda::multilevel_roi_backward_cuda);
 }
