@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from . import _extension
+from . import build
 from ._validation import coord_dtype
 
-_extension.load()
+build.load()
 
 _ops = torch.ops.roi_ops
 
