@@ -6,7 +6,8 @@
 ``import ops`` calls :func:`load`, which JIT-compiles the extension with ``torch.utils.cpp_extension`` on first
 use and caches it in ``<repo>/.build/``; ``MAX_JOBS`` sets the ninja parallelism. The CUDA sources
 (``ops/csrc/cuda/*.cu``) are included only when a GPU is visible. ``--cuda`` exits non-zero when they do not
-compile. :func:`load_emulation` builds the CPU emulation of the CUDA kernels (a separate library, for tests).
+compile. :func:`load_emulation` builds and loads the CPU emulation of the CUDA kernels (a separate library,
+for tests).
 
 Nothing machine-specific is written here:
 
@@ -138,6 +139,12 @@ def load(verbose: bool = False) -> None:
     use_cuda = torch.cuda.is_available() and bool(_cuda_sources())
     name = "roi_ops_cuda" if use_cuda else "roi_ops_cpu"
     _load_library(name, [str(CSRC / "roi_ops.cpp")] + (_cuda_sources() if use_cuda else []), use_cuda, verbose)
+
+
+def load_emulation(verbose: bool = False) -> None:
+    """Compile (if needed) and load the CPU emulation of the CUDA kernels: ``torch.ops.roi_ops_emulated``, the
+    schema pair on CPU tensors, running the CUDA path's driver and kernel bodies serially (for tests)."""
+    _load_library("roi_ops_emulated", [str(CSRC / "emulation" / "roi_ops_emulated.cpp")], False, verbose)
 
 
 def build_cuda(verbose: bool = False) -> int:

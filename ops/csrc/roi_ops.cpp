@@ -98,8 +98,7 @@ struct RoiTable {
     }
     y.build(gy, sp.pooled_h, H);
     x.build(gx, sp.pooled_w, W);
-    const int64_t c = static_cast<int64_t>(gy.grid) * gx.grid;
-    count = static_cast<T>(c > 1 ? c : 1);
+    count = sample_count<T>(gy.grid, gx.grid);
   }
 };
 
@@ -224,20 +223,12 @@ inline void max_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int
         const scalar_t* rh = plane + sy.hi * W;
         for (int b = 0; b < nx; ++b) {
           const AxisSample<T> sx = xs[b];
-          const T v = sy.wlo * sx.wlo * static_cast<T>(rl[sx.lo]) + sy.wlo * sx.whi * static_cast<T>(rl[sx.hi]) +
-                      sy.whi * sx.wlo * static_cast<T>(rh[sx.lo]) + sy.whi * sx.whi * static_cast<T>(rh[sx.hi]);
-          if (bi < 0 || v > best) {
-            best = v;
-            bi = (y0 + a) * gw + (x0 + b);
-          }
+          const T v = interpolate<T>(weights<T>(sy, sx), static_cast<T>(rl[sx.lo]), static_cast<T>(rl[sx.hi]),
+                                     static_cast<T>(rh[sx.lo]), static_cast<T>(rh[sx.hi]));
+          max_step<T>(v, (y0 + a) * gw + (x0 + b), &best, &bi);
         }
       }
-      // Samples outside the map have value 0 and compete too; in raster order the first maximum wins.
-      const int fi = first_invalid(gh, gw, y0, y0 + ny, x0, x0 + nx);
-      if (fi >= 0 && (bi < 0 || T(0) > best || (T(0) == best && fi < bi))) {
-        best = T(0);
-        bi = fi;
-      }
+      max_invalid_zero<T>(first_invalid(gh, gw, y0, y0 + ny, x0, x0 + nx), &best, &bi);
       out[p * pw + q] = static_cast<scalar_t>(bi < 0 ? T(0) : best);
       arg[p * pw + q] = bi;
     }
