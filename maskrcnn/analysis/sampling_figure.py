@@ -193,23 +193,23 @@ def draw(roi: Box, stride: int, output_size: int, sampling_ratio: int, out: Path
         "warp": "RoIWarp: rounded box, equal bins,\nbilinear samples",
         "align": f"RoIAlign{'' if aligned else ' (aligned=False)'}: exact box, equal bins,\nbilinear samples",
     }
-    for ax, name in zip(axes, ("pool", "warp", "align"), strict=True):
+    for ax, kind in zip(axes, ("pool", "warp", "align"), strict=True):
         _draw_grid(ax, stride, view)
         _box(ax, roi, fill=False, ec=ROI_COLOR, lw=1.6, ls="--", zorder=5)
-        color = colors[name]
-        if name == "pool":
+        color = colors[kind]
+        if kind == "pool":
             _box(ax, geo.box, facecolor=color, alpha=0.06, ec=color, lw=2, zorder=2)
             _box(ax, geo.box, fill=False, ec=color, lw=2, zorder=4)
             _pool_bars(ax, geo, stride, color)
             _shift_note(ax, roi, geo.box)
         else:
-            box = wbox if name == "warp" else abox
+            box = wbox if kind == "warp" else abox
             _box(ax, box, facecolor=color, alpha=0.06, lw=0, zorder=2)
             _box(ax, box, fill=False, ec=color, lw=2, zorder=4)
             _equal_bins(ax, box, output_size, color)
             _samples(ax, sample_points(box, stride, output_size, sampling_ratio), stride, color)
             _shift_note(ax, roi, box)
-        ax.set_title(titles[name], fontsize=11, color=color)
+        ax.set_title(titles[kind], fontsize=11, color=color)
         ax.set_xlim(view[0], view[2])
         ax.set_ylim(view[3], view[1])  # image y points down
         ax.set_aspect("equal")
