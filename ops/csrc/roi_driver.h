@@ -199,7 +199,9 @@ std::vector<Tensor> backward(const Tensor& grad_, const Tensor& rois_, const std
     // RoIs in ascending order, the summation order of the per-level op; no host sync).
     Tensor by_level, level_begin;
     if (det && levels.defined()) {
-      const auto sorted = at::sort(levels, /*stable=*/true);
+      // All four arguments: at::sort(levels, true) binds `true` to the int64_t `dim` overload (dim=1 of a 1-D
+      // tensor: "Dimension out of range").
+      const auto sorted = at::sort(levels, /*stable=*/true, /*dim=*/0, /*descending=*/false);
       by_level = std::get<1>(sorted).contiguous();
       const Tensor bounds = at::arange(static_cast<int64_t>(L) + 1, levels.options());
       level_begin = at::searchsorted(std::get<0>(sorted), bounds);  // first sorted position of each level
