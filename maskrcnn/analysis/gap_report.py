@@ -110,10 +110,11 @@ def markdown(summary: list[dict], command: str) -> str:
         "2d for C5; with FPN only its text's approximate gain over RoIPool). Our data and schedules are not the "
         f"paper's: compare signs and shapes, not sizes. Δ: difference of the means against `{BASELINE.name}`. "
         f"Paired Δ: mean over the seeds run with both of (variant − {BASELINE.name}), with the 95% t interval of "
-        "those paired differences (n/a below 2 pairs). ÷ pool: the variant's mean over RoIPool's.",
+        f"those paired differences (n/a below 2 pairs). ÷ {BASELINE.name}: the variant's mean over {BASELINE.label}'s.",
         "",
         "| setting | RoI op | " + " | ".join(name for _, name in COLUMNS)
-        + " | seeds | Δ mask AP | paired Δ mask AP [95% CI] | paired Δ box AP [95% CI] | AP50 ÷ pool | AP75 ÷ pool |",
+        + " | seeds | Δ mask AP | paired Δ mask AP [95% CI] | paired Δ box AP [95% CI] | "
+        + " | ".join(f"{name} ÷ {BASELINE.name}" for name in ("AP50", "AP75")) + " |",
         "|---|---|" + "---:|" * (len(COLUMNS) + 6),
     ]
     footnote = False
