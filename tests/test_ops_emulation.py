@@ -20,6 +20,7 @@ import torch
 
 import ops  # noqa: F401  (loads torch.ops.roi_ops)
 from ops.build import load_emulation
+from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
 
 load_emulation()
 CPU = torch.ops.roi_ops
@@ -171,6 +172,45 @@ def test_bad_batch_index_and_level_without_validation(case):
         grads = backward(EMU, grad, rois, levels, argmax, features, case, deterministic)
         for got, ref in zip(grads, ref_grads, strict=True):
             assert_agree(got, ref, case, torch.float32)
+
+
+def reference_grad(x, rois, grad, case):
+    """Gradient of the float64 reference (autograd through its bilinear formula) for one map [N, C, H, W]."""
+    kind, sr, aligned, max_mode = case
+    x = x.double().requires_grad_()
+    mode = "max" if max_mode else "avg"
+    if kind == "align":
+        out = roi_align_ref(x, rois.double(), POOLED, SCALES[0], sr, aligned, mode)
+    elif kind == "warp":
+        out = roi_warp_ref(x, rois.double(), POOLED, SCALES[0], sr, mode)
+    else:
+        out = roi_pool_ref(x, rois.double(), POOLED, SCALES[0])
+    (g,) = torch.autograd.grad(out, x, grad.double())
+    return g
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_non_finite_upstream_gradient(case):
+    """inf / -inf / NaN in the output gradient: every path adds g * w for every neighbour of every sample, zero
+    weights included, like autograd through the float64 reference (and torchvision): inf * 0 is NaN. So the
+    default GPU path, the deterministic one and the CPU kernels give the same non-finite pattern."""
+    features, rois, _ = make_case(1, 3, seed=5)
+    # One sample per bin at the bin centre: on a pixel exactly (zero-weight neighbours) in the first RoI
+    # (2 x 2 pixel bins from map (1, 1)), and snapped to the last row / column (coinciding neighbours) in the
+    # second, which sticks out of the 21 x 27 map.
+    rois[:2] = torch.tensor([[0, 4.0, 4.0, 36.0, 44.0], [1, 60.0, 40.0, 120.0, 100.0]])
+    case = (case[0], 0 if case[0] == "pool" else 1, False, case[3])
+    out, argmax = forward(CPU, features, rois, None, case)
+    grad = upstream(out.shape, torch.float32)
+    flat = grad.view(-1)
+    flat[::7], flat[3::11], flat[5] = float("inf"), float("-inf"), float("nan")
+    (ref,) = backward(CPU, grad, rois, None, argmax, features, case)
+    exact = reference_grad(features[0], rois, grad, case)
+    assert ref.isnan().any() and ref.isinf().any()
+    torch.testing.assert_close(ref.double(), exact, rtol=1e-5, atol=1e-5, equal_nan=True)
+    for deterministic in (False, True):
+        (got,) = backward(EMU, grad, rois, None, argmax, features, case, deterministic)
+        torch.testing.assert_close(got, ref, rtol=TOL[torch.float32], atol=TOL[torch.float32], equal_nan=True)
 
 
 def test_empty_rois_and_channels():

@@ -24,6 +24,10 @@
 //     small local tables and issues one atomic per touched pixel (9 instead of 16 for a 2x2 grid). Bins that
 //     touch more than kMaxSpan pixels along an axis fall back to four atomics per sample.
 //   * max: the four neighbours of the winning sample.
+// Non-finite upstream gradients: every path adds g * w for every neighbour of every sample, zero weights
+// included, as the CPU kernels, torchvision and autograd through the float64 reference do (inf * 0 = NaN). The
+// merged forms (separable sums, merged row weights) would turn those NaNs into infs, so they serve finite g
+// only; a non-finite g takes the per-sample form.
 // Backward, deterministic path: no atomics. Item (level, n, y, column chunk, c) owns the pixels
 // (n, y, [xa, xb), c) of its level's accumulator and gathers: it visits that level's RoIs in ascending k,
 // skips those of other images or not touching its rows/columns (prefilters), and adds the contributions of
@@ -424,13 +428,13 @@ struct SampledBackwardAtomic {
     valid_range<T>(g.x, pw, W, &x0, &x1);
     if (y0 >= y1 || x0 >= x1 || gv == T(0)) return;
     const T gs = gv / sample_count<T>(g.y.grid, g.x.grid);
-    if (!separable_avg(g, ph, pw, H, W, y0, y1, x0, x1, gs, acc, ys, xs)) {
+    if (!roi_isfinite(gs) || !separable_avg(g, ph, pw, H, W, y0, y1, x0, x1, gs, acc, ys, xs)) {
       per_sample_avg(g, ph, pw, H, W, y0, y1, x0, x1, gs, acc, ys, xs);
     }
   }
 
-  // Max: the gradient goes to the bilinear neighbours of the winning sample (argmax idx = iy * grid_w + ix).
-  // Coinciding neighbours (snapped at the border) are merged and zero weights skipped: <= 4 atomics.
+  // Max: the gradient goes to the four bilinear neighbours of the winning sample (argmax idx = iy * grid_w +
+  // ix), in the CPU kernel's order; coinciding neighbours (snapped at the border) and zero weights too.
   ROI_ITEM static void max_to_neighbours(const RoiGeom<T>& g, int idx, int64_t ph, int64_t pw, int64_t H, int64_t W,
                                          T gv, T* acc, int64_t ys, int64_t xs) {
     const int gh = g.y.grid, gw = g.x.grid;
@@ -438,17 +442,11 @@ struct SampledBackwardAtomic {
     const T py = sample_pos<T>(g.y, ph, idx / gw), px = sample_pos<T>(g.x, pw, idx % gw);
     if (!sample_valid<T>(py, H) || !sample_valid<T>(px, W)) return;  // a constant 0 won
     const AxisSample<T> sy = axis_sample<T>(py, H), sx = axis_sample<T>(px, W);
-    const int nr = sy.hi != sy.lo ? 2 : 1, nc = sx.hi != sx.lo ? 2 : 1;
-    const int rows[2] = {sy.lo, sy.hi}, cols[2] = {sx.lo, sx.hi};
-    const T wr[2] = {nr == 2 ? sy.wlo : sy.wlo + sy.whi, sy.whi};
-    const T wc[2] = {nc == 2 ? sx.wlo : sx.wlo + sx.whi, sx.whi};
-    for (int i = 0; i < nr; ++i) {
-      if (wr[i] == T(0)) continue;
-      for (int j = 0; j < nc; ++j) {
-        if (wc[j] == T(0)) continue;
-        Acc::add(acc + rows[i] * ys + cols[j] * xs, gv * (wr[i] * wc[j]));
-      }
-    }
+    const Weights<T> w = weights<T>(sy, sx);
+    Acc::add(acc + sy.lo * ys + sx.lo * xs, gv * w.w1);
+    Acc::add(acc + sy.lo * ys + sx.hi * xs, gv * w.w2);
+    Acc::add(acc + sy.hi * ys + sx.lo * xs, gv * w.w3);
+    Acc::add(acc + sy.hi * ys + sx.hi * xs, gv * w.w4);
   }
 
   // Avg, separable: pixel (r, s) gets gs * (sum of row weights at r) * (sum of column weights at s).
@@ -563,19 +561,30 @@ struct SampledBackwardGather {
       const AxisSample<T> sx = axis_sample<T>(px, W);
       if (sx.hi < xa || sx.lo >= xb) continue;
       const T gv = static_cast<T>(gk[(ph * a.PW + pw) * a.C]);
-      const T wy = axis_weight<T>(sy, y);
-      // Same neighbour order as the CPU kernel: (lo, lo), (lo, hi), (hi, lo), (hi, hi).
-      if (sx.lo >= xa && sx.lo < xb) acc[sx.lo * a.C] += gv * (wy * sx.wlo);
-      if (sx.hi >= xa && sx.hi < xb) acc[sx.hi * a.C] += gv * (wy * sx.whi);
+      // The CPU kernel's terms in its order: (lo, lo), (lo, hi), (hi, lo), (hi, hi), rows that are y only.
+      if (sy.lo == y) add_row(gv, sy.wlo, sx, xa, xb, acc, a.C);
+      if (sy.hi == y) add_row(gv, sy.whi, sx, xa, xb, acc, a.C);
     }
   }
 
+  // One row neighbour's two terms, g * (wy * wx), at the owned columns [xa, xb).
+  ROI_ITEM static void add_row(T gv, T wy, const AxisSample<T>& sx, int xa, int xb, T* acc, int64_t C) {
+    if (sx.lo >= xa && sx.lo < xb) acc[sx.lo * C] += gv * (wy * sx.wlo);
+    if (sx.hi >= xa && sx.hi < xb) acc[sx.hi * C] += gv * (wy * sx.whi);
+  }
+
   // Avg: the total weight of pixel row y in this bin row (separable weights), then each sample's columns.
+  // A non-finite g adds the per-sample terms instead (see "Non-finite upstream gradients" at the top).
   ROI_ITEM static void gather_avg(const BwdArgs<scalar_t>& a, const RoiGeom<T>& g, const scalar_t* gk, int64_t ph,
                                   int y0, int y1, int64_t H, int64_t W, int y, int xa, int xb, T* acc) {
     T wy = T(0);
-    for (int iy = y0; iy < y1; ++iy) wy += axis_weight<T>(axis_sample<T>(sample_pos<T>(g.y, ph, iy), H), y);
-    if (wy == T(0)) return;
+    bool touched = false;  // row y is a neighbour of some sample (perhaps with weight 0)
+    for (int iy = y0; iy < y1; ++iy) {
+      const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), H);
+      touched = touched || sy.lo == y || sy.hi == y;
+      wy += axis_weight<T>(sy, y);
+    }
+    if (!touched) return;
     const T count = sample_count<T>(g.y.grid, g.x.grid);
     for (int64_t pw = 0; pw < a.PW; ++pw) {
       int x0, x1;
@@ -586,6 +595,18 @@ struct SampledBackwardGather {
       if (chi + 1 < xa || clo - 1 >= xb) continue;
       const T gv = static_cast<T>(gk[(ph * a.PW + pw) * a.C]);
       if (gv == T(0)) continue;
+      if (!roi_isfinite(gv)) {
+        for (int iy = y0; iy < y1; ++iy) {
+          const AxisSample<T> sy = axis_sample<T>(sample_pos<T>(g.y, ph, iy), H);
+          for (int ix = x0; ix < x1; ++ix) {
+            const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), W);
+            if (sy.lo == y) add_row(gv / count, sy.wlo, sx, xa, xb, acc, a.C);
+            if (sy.hi == y) add_row(gv / count, sy.whi, sx, xa, xb, acc, a.C);
+          }
+        }
+        continue;
+      }
+      if (wy == T(0)) continue;
       const T gr = gv * wy / count;
       for (int ix = x0; ix < x1; ++ix) {
         const AxisSample<T> sx = axis_sample<T>(sample_pos<T>(g.x, pw, ix), W);
