@@ -17,6 +17,10 @@ Nothing machine-specific is written here:
 * Architectures: ``TORCH_CUDA_ARCH_LIST`` when set. Otherwise :func:`load` leaves it to torch, which builds for
   the visible GPUs plus PTX of the newest (so a later GPU can JIT-compile it), and ``--cuda`` compile-checks
   :data:`CHECK_ARCHS` (A100 and H100/H200 machine code, plus PTX).
+* Rounding: the CUDA sources build with ``-fmad=false`` and the CPU sources with ``-ffp-contract=off``, so
+  neither side fuses a multiply and an add into one rounding: both round every product and sum alike, and the
+  max modes pick the same samples on the CPU and the GPU (the tests require that bitwise). ``ROI_OPS_FMAD=1``
+  lets nvcc fuse them again (its own build directory), to measure what that costs.
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ OPS = Path(__file__).resolve().parents[1]
 CSRC = OPS / "csrc"
 BUILD_ROOT = OPS.parent / ".build"
 CHECK_ARCHS = "8.0;9.0+PTX"
-CPU_FLAGS = ["-O3", "-fopenmp", "-DAT_PARALLEL_OPENMP=1"]  # OpenMP as torch's at::parallel_for uses it
-CUDA_FLAGS = ["-O3", "-lineinfo"]
+CPU_FLAGS = ["-O3", "-fopenmp", "-DAT_PARALLEL_OPENMP=1", "-ffp-contract=off"]  # OpenMP as at::parallel_for uses it
+
+
+def _fmad() -> bool:
+    return os.environ.get("ROI_OPS_FMAD") == "1"
+
+
+def _cuda_flags() -> list[str]:
+    return ["-O3", "-lineinfo", f"-fmad={str(_fmad()).lower()}"]
 
 
 def _cuda_sources() -> list[str]:
@@ -109,7 +120,7 @@ def _build_args(name: str, sources: list[str], with_cuda: bool) -> dict:
         name=name,
         sources=sources,
         extra_cflags=CPU_FLAGS,
-        extra_cuda_cflags=CUDA_FLAGS if with_cuda else None,
+        extra_cuda_cflags=_cuda_flags() if with_cuda else None,
         extra_ldflags=["-fopenmp"],
         extra_include_paths=[str(CSRC)] + (_nvidia_include_dirs() if with_cuda else []),
         build_directory=str(build_dir),
@@ -137,7 +148,7 @@ def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool)
 def load(verbose: bool = False) -> None:
     """Compile (if needed) and load the extension into this process; registers ``torch.ops.roi_ops``."""
     use_cuda = torch.cuda.is_available() and bool(_cuda_sources())
-    name = "roi_ops_cuda" if use_cuda else "roi_ops_cpu"
+    name = ("roi_ops_cuda_fmad" if _fmad() else "roi_ops_cuda") if use_cuda else "roi_ops_cpu"
     _load_library(name, [str(CSRC / "roi_ops.cpp")] + (_cuda_sources() if use_cuda else []), use_cuda, verbose)
 
 
