@@ -13,7 +13,7 @@ Nothing machine-specific is written here:
 
 * CUDA_HOME: ``CUDA_HOME`` or ``CUDA_PATH`` when set, else the toolkit root that the ``nvcc`` on PATH runs
   from, asked from nvcc itself (``nvcc -dryrun`` prints it). torch guesses it from where ``nvcc`` sits, which a
-  wrapper script or a symlink in ``/usr/local/bin`` misleads.
+  wrapper script or a symlink on PATH misleads.
 * Architectures: ``TORCH_CUDA_ARCH_LIST`` when set. Otherwise :func:`load` leaves it to torch, which builds for
   the visible GPUs plus PTX of the newest (so a later GPU can JIT-compile it), and ``--cuda`` compile-checks
   :data:`CHECK_ARCHS` (A100 and H100/H200 machine code, plus PTX).
