@@ -36,7 +36,9 @@ def _(inputs, rois, levels, spatial_scales, kind, pooled_height, pooled_width, s
     x = inputs[0]
     torch._check(x.dim() == 4, lambda: f"input must be [N, C, H, W], got {tuple(x.shape)}")
     torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: f"rois must be [K, 5], got {tuple(rois.shape)}")
-    torch._check(levels is None or (levels.dim() == 1 and levels.shape[0] == rois.shape[0]), lambda: "levels: [K]")
+    torch._check(
+        levels is None or (levels.dim() == 1 and levels.shape[0] == rois.shape[0]), lambda: "levels must be None or [K]"
+    )
     _check_rois_dtype(x, rois, "input")
     shape = (rois.shape[0], x.shape[1], pooled_height, pooled_width)
     has_argmax = kind == "pool" or max_mode
