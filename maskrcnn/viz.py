@@ -20,6 +20,35 @@ def draw_instances(
     return canvas
 
 
+def draw_prediction(
+    image: Tensor, prediction: dict[str, Tensor], class_names: list[str], score_thresh: float = 0.5
+) -> Tensor:
+    """UInt8[3, H, W]: the detections scoring >= `score_thresh`, masks thresholded at 0.5, labelled with scores."""
+    palette = _palette(len(class_names) + 1)
+    keep = prediction["scores"] >= score_thresh
+    labels = prediction["labels"][keep].tolist()
+    return draw_instances(
+        image,
+        prediction["boxes"][keep],
+        prediction["masks"][keep, 0] >= 0.5,
+        [f"{class_names[c - 1]} {s:.2f}" for c, s in zip(labels, prediction["scores"][keep].tolist(), strict=True)],
+        [palette[c] for c in labels],
+    )
+
+
+def draw_truth(image: Tensor, target: dict[str, Tensor], class_names: list[str]) -> Tensor:
+    """UInt8[3, H, W]: the ground-truth instances, in the same class colours as draw_prediction."""
+    palette = _palette(len(class_names) + 1)
+    labels = target["labels"].tolist()
+    return draw_instances(
+        image,
+        target["boxes"],
+        target["masks"].bool(),
+        [class_names[c - 1] for c in labels],
+        [palette[c] for c in labels],
+    )
+
+
 def prediction_vs_truth(
     image: Tensor,
     prediction: dict[str, Tensor],
@@ -28,28 +57,10 @@ def prediction_vs_truth(
     score_thresh: float = 0.5,
 ) -> Tensor:
     """Side-by-side UInt8[3, H, 2W]: detections above `score_thresh` (left) and ground truth (right)."""
-    palette = _palette(len(class_names) + 1)
-    keep = prediction["scores"] >= score_thresh
-    pred_labels = prediction["labels"][keep].tolist()
-    left = draw_instances(
-        image,
-        prediction["boxes"][keep],
-        prediction["masks"][keep, 0] >= 0.5,
-        [
-            f"{class_names[c - 1]} {s:.2f}"
-            for c, s in zip(pred_labels, prediction["scores"][keep].tolist(), strict=True)
-        ],
-        [palette[c] for c in pred_labels],
+    return torch.cat(
+        [draw_prediction(image, prediction, class_names, score_thresh), draw_truth(image, target, class_names)],
+        dim=2,
     )
-    gt_labels = target["labels"].tolist()
-    right = draw_instances(
-        image,
-        target["boxes"],
-        target["masks"].bool(),
-        [class_names[c - 1] for c in gt_labels],
-        [palette[c] for c in gt_labels],
-    )
-    return torch.cat([left, right], dim=2)
 
 
 def _palette(n: int) -> list[tuple[int, int, int]]:

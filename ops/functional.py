@@ -35,6 +35,14 @@ __all__ = ["multilevel_roi", "roi_align", "roi_pool", "roi_warp"]
 KINDS = ("align", "warp", "pool")
 
 
+def _one_map(input, rois, scale, kind, ph, pw, sampling_ratio, aligned, max_mode) -> Tensor:
+    """The single-level ops are the one-map case of the schema pair (levels None: every RoI reads ``input``)."""
+    out, _ = torch.ops.roi_ops.multilevel_roi_forward(
+        [input], rois, None, [scale], kind, ph, pw, sampling_ratio, aligned, max_mode
+    )
+    return out
+
+
 def roi_align(
     input: Tensor,
     boxes: Tensor | list[Tensor],
@@ -73,8 +81,7 @@ def roi_align(
     ph, pw = pair(output_size)
     scale, sr = check_scalars(spatial_scale, sampling_ratio)
     rois = to_rois(input, boxes, "roi_align", validate)
-    out, _ = torch.ops.roi_ops.roi_align_forward(input, rois, scale, ph, pw, sr, bool(aligned), max_mode)
-    return out
+    return _one_map(input, rois, scale, "align", ph, pw, sr, bool(aligned), max_mode)
 
 
 def roi_pool(
@@ -104,8 +111,7 @@ def roi_pool(
     ph, pw = pair(output_size)
     scale, _ = check_scalars(spatial_scale)
     rois = to_rois(input, boxes, "roi_pool", validate)
-    out, _ = torch.ops.roi_ops.roi_pool_forward(input, rois, scale, ph, pw)
-    return out
+    return _one_map(input, rois, scale, "pool", ph, pw, 0, False, True)
 
 
 def roi_warp(
@@ -147,8 +153,7 @@ def roi_warp(
     ph, pw = pair(output_size)
     scale, sr = check_scalars(spatial_scale, sampling_ratio)
     rois = to_rois(input, boxes, "roi_warp", validate)
-    out, _ = torch.ops.roi_ops.roi_warp_forward(input, rois, scale, ph, pw, sr, max_mode)
-    return out
+    return _one_map(input, rois, scale, "warp", ph, pw, sr, True, max_mode)
 
 
 def multilevel_roi(

@@ -48,6 +48,19 @@ def assert_close(a, b, tol):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
+def raw_forward(x, rois, kind, scale, ph, pw, sampling_ratio=0, aligned=True, max_mode=True):
+    """The schema's forward on one map, bypassing the Python checks: (output, argmax)."""
+    args = ([x], rois, None, [scale], kind, ph, pw, sampling_ratio, aligned, max_mode)
+    return torch.ops.roi_ops.multilevel_roi_forward(*args)
+
+
+def raw_backward(grad, rois, argmax, kind, scale, N, C, H, W, sampling_ratio=0, aligned=True, max_mode=True, pooled=2):
+    """The schema's backward on one map [N, C, H, W] and pooled x pooled bins, bypassing the Python checks."""
+    ph = pw = pooled
+    args = (grad, rois, None, argmax, [scale], kind, ph, pw, N, C, [H], [W], sampling_ratio, aligned, max_mode)
+    return torch.ops.roi_ops.multilevel_roi_backward(*args)[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Against torchvision
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -168,7 +181,7 @@ def test_literal_roi_align():
 
 
 def test_literal_roi_pool():
-    out, argmax = torch.ops.roi_ops.roi_pool_forward(RAMP, BOX, 1.0, 2, 2)
+    out, argmax = raw_forward(RAMP, BOX, "pool", 1.0, 2, 2)
     assert torch.equal(out, torch.tensor([[[[22.0, 23.0], [32.0, 33.0]]]]))
     assert torch.equal(argmax, torch.tensor([[[[12, 13], [17, 18]]]], dtype=torch.int32))
     assert torch.equal(ops.roi_pool(RAMP, BOX, 2), out)
@@ -194,7 +207,7 @@ def test_max_mode_outside_samples_compete_with_zero():
     assert torch.equal(out[2], torch.zeros(1, 2, 2))  # fully outside
     out[2].sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))  # outside winners get no gradient
-    _, argmax = torch.ops.roi_ops.roi_align_forward(x.detach(), rois, 1.0, 2, 2, 2, False, True)
+    _, argmax = raw_forward(x.detach(), rois, "align", 1.0, 2, 2, 2, False, True)
     assert argmax[2].eq(0).all() and argmax.ge(0).all()
 
 
@@ -211,21 +224,16 @@ def test_gradcheck(op, mode, aligned):
 def test_opcheck(op, mode, aligned):
     x = torch.randn(2, 3, 6, 7, requires_grad=True)
     rois = make_rois(4, 2, 6, 7, torch.float32, seed=1)
-    if op == "align":
-        args = (x, rois, 0.5, 2, 3, 2, aligned, mode == "max")
-        torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, args)
-    elif op == "warp":
-        torch.library.opcheck(torch.ops.roi_ops.roi_warp_forward, (x, rois, 0.5, 2, 3, 0, mode == "max"))
-    else:
-        torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, 0.5, 2, 3))
+    args = ([x], rois, None, [0.5], op, 2, 3, 2, bool(aligned), mode != "avg")
+    torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, args)
 
 
 def test_opcheck_bf16_input_float32_rois():
     x = torch.randn(2, 3, 6, 7).bfloat16().requires_grad_()
     rois = make_rois(4, 2, 6, 7, torch.float32, seed=1)
-    torch.library.opcheck(torch.ops.roi_ops.roi_align_forward, (x, rois, 0.5, 2, 3, 2, True, False))
-    torch.library.opcheck(torch.ops.roi_ops.roi_warp_forward, (x, rois, 0.5, 2, 3, 0, True))
-    torch.library.opcheck(torch.ops.roi_ops.roi_pool_forward, (x, rois, 0.5, 2, 3))
+    for kind, max_mode in (("align", False), ("warp", True), ("pool", True)):
+        args = ([x], rois, None, [0.5], kind, 2, 3, 2, True, max_mode)
+        torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, args)
 
 
 def test_torch_compile_fullgraph():
@@ -473,63 +481,33 @@ def test_bad_pool_mode():
 def test_direct_op_calls_check_shapes():
     """torch.ops calls bypass the Python validation; the C++ checks must raise, never crash."""
     r = torch.tensor([[0.0, 1, 1, 4, 4]])
+    am = torch.zeros((1, 3, 2, 2), dtype=torch.int32)
     with pytest.raises(RuntimeError, match="rois must be"):
-        torch.ops.roi_ops.roi_align_forward(X, r[:, :4], 1.0, 2, 2, 2, False, False)
+        raw_forward(X, r[:, :4], "align", 1.0, 2, 2)
     # rois: the input dtype or its coordinate dtype (float32 for half/bf16), nothing else
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        torch.ops.roi_ops.roi_pool_forward(X, r.double(), 1.0, 2, 2)
+        raw_forward(X, r.double(), "pool", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        torch.ops.roi_ops.roi_align_forward(X.bfloat16(), r.half(), 1.0, 2, 2, 2, False, False)
+        raw_forward(X.bfloat16(), r.half(), "align", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        torch.ops.roi_ops.roi_pool_backward(
-            torch.ones(1, 3, 2, 2), r.double(), torch.zeros((1, 3, 2, 2), dtype=torch.int32), 1.0, 2, 2, 2, 3, 8, 8
-        )
+        raw_backward(torch.ones(1, 3, 2, 2), r.double(), am, "pool", 1.0, 2, 3, 8, 8)
     with pytest.raises(RuntimeError, match="batch index"):
-        torch.ops.roi_ops.roi_pool_forward(X, torch.tensor([[5.0, 1, 1, 4, 4]]), 1.0, 2, 2)
+        raw_forward(X, torch.tensor([[5.0, 1, 1, 4, 4]]), "pool", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="batch index"):
-        torch.ops.roi_ops.roi_warp_forward(X, torch.tensor([[float("nan"), 1, 1, 4, 4]]), 1.0, 2, 2, 2, True)
+        raw_forward(X, torch.tensor([[float("nan"), 1, 1, 4, 4]]), "warp", 1.0, 2, 2, 2)
     with pytest.raises(RuntimeError, match="grad must be"):
-        torch.ops.roi_ops.roi_align_backward(
-            torch.ones(1, 3, 3, 3),
-            r,
-            torch.empty(0, dtype=torch.int32),
-            1.0,
-            2,
-            2,
-            2,
-            3,
-            8,
-            8,
-            2,
-            False,
-            False,
-        )
+        raw_backward(torch.ones(1, 3, 3, 3), r, am, "align", 1.0, 2, 3, 8, 8, max_mode=False)
     with pytest.raises(RuntimeError, match="argmax"):
-        torch.ops.roi_ops.roi_pool_backward(
-            torch.ones(1, 3, 2, 2), r, torch.full((1, 3, 2, 2), 999, dtype=torch.int32), 1.0, 2, 2, 2, 3, 8, 8
-        )
+        raw_backward(torch.ones(1, 3, 2, 2), r, am.fill_(999), "pool", 1.0, 2, 3, 8, 8)
     with pytest.raises(RuntimeError, match="argmax"):
-        torch.ops.roi_ops.roi_align_backward(
-            torch.ones(1, 3, 2, 2),
-            r,
-            torch.full((1, 3, 2, 2), 99, dtype=torch.int32),
-            1.0,
-            2,
-            2,
-            2,
-            3,
-            8,
-            8,
-            2,
-            False,
-            True,
-        )
+        raw_backward(torch.ones(1, 3, 2, 2), r, am.fill_(99), "align", 1.0, 2, 3, 8, 8, 2, False, True)
+    with pytest.raises(RuntimeError, match="kind must be"):
+        raw_forward(X, r, "bilinear", 1.0, 2, 2)
+    with pytest.raises(RuntimeError, match="levels may be None only with one feature map"):
+        torch.ops.roi_ops.multilevel_roi_forward([X, X], r, None, [1.0, 0.5], "align", 2, 2, 2, True, False)
     # NaN coordinates through the raw op: finite output, no crash
     nan_box = torch.tensor([[0.0, float("nan"), 1, 4, float("nan")]])
-    for out in (
-        torch.ops.roi_ops.roi_align_forward(X, nan_box, 1.0, 2, 2, 0, True, True)[0],
-        torch.ops.roi_ops.roi_pool_forward(X, nan_box, 1.0, 2, 2)[0],
-    ):
+    for out in (raw_forward(X, nan_box, "align", 1.0, 2, 2)[0], raw_forward(X, nan_box, "pool", 1.0, 2, 2)[0]):
         assert torch.isfinite(out).all()
 
 

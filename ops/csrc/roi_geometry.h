@@ -182,6 +182,51 @@ ROI_HD inline bool bilinear(T y, T x, int64_t height, int64_t width, Bilinear<T>
   return true;
 }
 
+// The value of one sample from its four neighbours' values, in one operation order for the CPU and the GPU
+// kernels (with contraction off on both, the max modes then compare the same bits and pick the same samples).
+template <typename T>
+struct Weights {
+  T w1, w2, w3, w4;
+};
+
+template <typename T>
+ROI_HD inline Weights<T> weights(const AxisSample<T>& sy, const AxisSample<T>& sx) {
+  return {sy.wlo * sx.wlo, sy.wlo * sx.whi, sy.whi * sx.wlo, sy.whi * sx.whi};
+}
+
+template <typename T>
+ROI_HD inline T interpolate(const Weights<T>& w, T v1, T v2, T v3, T v4) {
+  return w.w1 * v1 + w.w2 * v2 + w.w3 * v3 + w.w4 * v4;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Per-bin aggregation rules of RoIAlign / RoIWarp, shared by every kernel.
+// Divisor of the average: max(grid_h * grid_w, 1) (outside samples count, as zeros).
+template <typename T>
+ROI_HD inline T sample_count(int grid_h, int grid_w) {
+  const int64_t c = static_cast<int64_t>(grid_h) * grid_w;
+  return static_cast<T>(c > 1 ? c : 1);
+}
+
+// Max mode, one more valid sample (raster index idx): the first maximum in raster order wins (bi < 0: none yet).
+template <typename T>
+ROI_HD inline void max_step(T v, int idx, T* best, int* bi) {
+  if (*bi < 0 || v > *best) {
+    *best = v;
+    *bi = idx;
+  }
+}
+
+// Max mode, the invalid-zero rule: samples outside the map have value 0 and compete too; only the first of
+// them (raster index fi, -1 if none) can win, over a smaller maximum or an equal later one.
+template <typename T>
+ROI_HD inline void max_invalid_zero(int fi, T* best, int* bi) {
+  if (fi >= 0 && (*bi < 0 || T(0) > *best || (T(0) == *best && fi < *bi))) {
+    *best = T(0);
+    *bi = fi;
+  }
+}
+
 // Sample positions along an axis are monotone in i (non-decreasing if bin >= 0, else non-increasing),
 // so the valid samples of a bin form one contiguous range [*first, *last_excl). Found by bisection, so
 // huge boxes (grids up to kMaxGrid) cost O(log grid) here and only the valid samples are ever visited.

@@ -1,12 +1,12 @@
-// roi_ops: schemas (TORCH_LIBRARY) and CPU kernels for RoIAlign, RoIWarp and RoIPool.
+// roi_ops: the schema pair (TORCH_LIBRARY) and the CPU kernels of RoIAlign, RoIWarp and RoIPool.
 //
 // The CUDA kernels live in cuda/roi_ops_cuda.cu and register themselves with
 // TORCH_LIBRARY_IMPL(roi_ops, CUDA, m); a CPU-only build simply leaves that file out.
 //
-// Shapes: input [N, C, H, W], rois [K, 5] = (batch_idx, x1, y1, x2, y2), output [K, C, ph, pw].
-// multilevel_roi_*: inputs L x [N, C, H_l, W_l] and levels Int64[K]; RoI k reads inputs[levels[k]] with
-// spatial_scales[levels[k]]. Every kernel below works on such a list of maps (`Levels`); the single-level
-// ops are the case L = 1, so both share one implementation and one summation order.
+// Shapes: inputs L x [N, C, H_l, W_l], rois [K, 5] = (batch_idx, x1, y1, x2, y2), levels Int64[K] or None
+// (one map), output [K, C, ph, pw]. RoI k reads inputs[levels[k]] with spatial_scales[levels[k]]. There is
+// one schema pair, multilevel_roi_forward / multilevel_roi_backward: ops.roi_align, roi_pool and roi_warp
+// call it with one map, so single-level and FPN calls share one implementation and one summation order.
 // Dtypes: the rois are in the input dtype or in the coordinate type T = at::opmath_type (float32 for
 // half/bfloat16 input, which the Python API always passes); all geometry and accumulation runs in T.
 //
@@ -22,25 +22,23 @@
 //             images' RoI counts / areas, 10-20% on the bench workload).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
-#include <cmath>
-#include <cstdlib>
-#include <new>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
+#include "cpu/huge_pages.h"
+#include "host_checks.h"
 #include "roi_geometry.h"
+#include "schema.h"
 
 namespace roi_ops {
 namespace {
@@ -48,10 +46,8 @@ namespace {
 using at::Tensor;
 using namespace roi_geometry;
 
-enum class Kind { Align, Warp };
-
 struct SampleParams {
-  Kind kind;
+  OpKind kind;  // Align or Warp
   int64_t pooled_h, pooled_w, sampling_ratio;
   bool aligned;
 };
@@ -93,7 +89,7 @@ struct RoiTable {
     n = static_cast<int64_t>(roi[0]);
     const T s = static_cast<T>(scale);
     AxisGeom<T> gy, gx;
-    if (sp.kind == Kind::Align) {
+    if (sp.kind == OpKind::Align) {
       gy = align_axis<T>(roi[2], roi[4], s, sp.aligned, sp.pooled_h, sp.sampling_ratio);
       gx = align_axis<T>(roi[1], roi[3], s, sp.aligned, sp.pooled_w, sp.sampling_ratio);
     } else {
@@ -102,94 +98,9 @@ struct RoiTable {
     }
     y.build(gy, sp.pooled_h, H);
     x.build(gx, sp.pooled_w, W);
-    const int64_t c = static_cast<int64_t>(gy.grid) * gx.grid;
-    count = static_cast<T>(c > 1 ? c : 1);
+    count = sample_count<T>(gy.grid, gx.grid);
   }
 };
-
-// ------------------------------------------------------------------------------------------------
-// Output buffers. Every op writes its (large) outputs exactly once right after allocating them. Fresh
-// multi-MB buffers come straight from mmap, so with 4 KiB pages the first touch costs a page fault per
-// 4 KiB: ~0.25 ms per MB on the 2-core dev machine, as much time as the whole RoIPool 14x14 kernel spends
-// computing (the bench writes 411 MB of output + argmax per forward). Buffers >= 4 MiB are therefore
-// 2 MiB-aligned and advised MADV_HUGEPAGE (transparent huge pages; the same thing torch does for every
-// allocation under THP_MEM_ALLOC_ENABLE=1, here only for our outputs): ~4x cheaper first touch and free.
-// Where THP is off the advice is ignored and nothing changes. ROI_OPS_HUGEPAGES=0 disables it.
-struct HugePageAllocator final : c10::Allocator {
-  static constexpr size_t kHuge = size_t(2) << 20;
-  c10::DataPtr allocate(size_t n) override {
-    void* p = nullptr;
-    if (posix_memalign(&p, kHuge, n > 0 ? n : 1) != 0) throw std::bad_alloc();
-    const size_t whole = n / kHuge * kHuge;  // only pages that belong to this buffer alone
-    if (whole > 0) (void)madvise(p, whole, MADV_HUGEPAGE);
-    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
-  }
-  static void release(void* p) { std::free(p); }
-  c10::DeleterFnPtr raw_deleter() const override { return &release; }
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-};
-
-bool hugepages_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("ROI_OPS_HUGEPAGES");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return on;
-}
-
-// Uninitialized contiguous CPU tensor, huge-page backed when large.
-Tensor new_buffer(at::IntArrayRef sizes, at::ScalarType dtype) {
-  int64_t numel = 1;
-  for (const int64_t s : sizes) numel *= s;
-  if (!hugepages_enabled() || numel * static_cast<int64_t>(c10::elementSize(dtype)) < (int64_t(4) << 20)) {
-    return at::empty(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
-  }
-  static HugePageAllocator allocator;
-  return at::detail::empty_generic(sizes, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
-                                   std::nullopt);
-}
-
-// ------------------------------------------------------------------------------------------------
-// Argument checks (shared by CPU entry points; they keep a direct torch.ops call from crashing).
-// Coordinate (and accumulation) type of the rois for a given input dtype: double for double, else float.
-at::ScalarType coord_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// rois may come in the input dtype or in its coordinate type (float32 rois for half/bfloat16 input: box
-// coordinates rounded to 8 mantissa bits would move by pixels).
-void check_rois_dtype(const Tensor& x, const Tensor& rois, const char* what, const char* op) {
-  const at::ScalarType t = x.scalar_type(), r = rois.scalar_type();
-  TORCH_CHECK(r == t || r == coord_type(t), op, ": rois must have the dtype of ", what, " (", t, ") or ",
-              coord_type(t), ", got ", r);
-}
-
-void check_input_rois(const Tensor& input, const Tensor& rois, int64_t ph, int64_t pw, const char* op) {
-  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C, H, W], got ", input.sizes());
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
-  check_rois_dtype(input, rois, "input", op);
-  TORCH_CHECK(input.device() == rois.device(), op, ": input and rois must be on the same device");
-  TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
-}
-
-void check_grad(const Tensor& grad, const Tensor& rois, int64_t ph, int64_t pw, int64_t N, int64_t C,
-                int64_t H, int64_t W, const char* op) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must be [K, 5], got ", rois.sizes());
-  TORCH_CHECK(ph > 0 && pw > 0, op, ": pooled size must be positive, got ", ph, "x", pw);
-  TORCH_CHECK(N >= 0 && C >= 0 && H >= 0 && W >= 0, op, ": negative input size");
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == C && grad.size(2) == ph &&
-                  grad.size(3) == pw,
-              op, ": grad must be [K, C, ph, pw] = [", rois.size(0), ", ", C, ", ", ph, ", ", pw, "], got ",
-              grad.sizes());
-  check_rois_dtype(grad, rois, "grad", op);
-  TORCH_CHECK(grad.device() == rois.device(), op, ": grad and rois must be on the same device");
-}
-
-void check_argmax(const Tensor& argmax, const Tensor& grad, const char* op) {
-  TORCH_CHECK(argmax.scalar_type() == at::kInt, op, ": argmax must be int32");
-  TORCH_CHECK(argmax.sizes() == grad.sizes(), op, ": argmax must have the shape of grad ", grad.sizes(),
-              ", got ", argmax.sizes());
-}
 
 // rois as a contiguous tensor of the coordinate/accumulation type T (float32 rois for half/bfloat16 input
 // are used as they are); also validates the batch indices.
@@ -228,63 +139,26 @@ struct Levels {
   int64_t plane(int64_t l) const { return H[l] * W[l]; }
 };
 
-Levels one_level(int64_t N, int64_t C, int64_t H, int64_t W, double scale) {
-  Levels lv;
-  lv.N = N;
-  lv.C = C;
-  lv.H = {H};
-  lv.W = {W};
-  lv.scale = {scale};
-  return lv;
-}
-
-// Levels from their shapes; `levels` (int64 [K], each in [0, L)) gives the level of each RoI.
+// Levels from their shapes (checked by host_checks.h); `levels` (int64 [K], each value checked to be in
+// [0, L) here) gives the level of each RoI, None that every RoI reads the one map.
 Levels pyramid(int64_t N, int64_t C, at::IntArrayRef heights, at::IntArrayRef widths, at::ArrayRef<double> scales,
-               const Tensor& levels, int64_t K, const char* op) {
-  const int64_t L = static_cast<int64_t>(heights.size());
-  TORCH_CHECK(L > 0, op, ": needs at least one feature map");
-  TORCH_CHECK(static_cast<int64_t>(widths.size()) == L && static_cast<int64_t>(scales.size()) == L, op,
-              ": got ", L, " feature maps but ", widths.size(), " widths and ", scales.size(), " spatial scales");
-  TORCH_CHECK(levels.scalar_type() == at::kLong && levels.dim() == 1 && levels.size(0) == K, op,
-              ": levels must be an int64 [K] = [", K, "] tensor, got ", levels.scalar_type(), " ", levels.sizes());
-  TORCH_CHECK(levels.device().is_cpu(), op, ": expected CPU tensors");
+               const std::optional<Tensor>& levels, const char* op) {
   Levels lv;
   lv.N = N;
   lv.C = C;
   lv.H.assign(heights.begin(), heights.end());
   lv.W.assign(widths.begin(), widths.end());
   lv.scale.assign(scales.begin(), scales.end());
-  for (int64_t l = 0; l < L; ++l) {
-    TORCH_CHECK(lv.H[l] >= 0 && lv.W[l] >= 0, op, ": negative size of feature map ", l);
-    TORCH_CHECK(std::isfinite(lv.scale[l]) && lv.scale[l] > 0, op, ": spatial scale ", l, " must be > 0, got ",
-                lv.scale[l]);
-  }
-  const Tensor lc = levels.contiguous();
+  if (!levels.has_value()) return lv;
+  const Tensor lc = levels->contiguous();
   const int64_t* p = lc.data_ptr<int64_t>();
+  const int64_t K = lc.size(0), L = lv.count();
   lv.of_roi.assign(p, p + K);
   for (int64_t k = 0; k < K; ++k) {
     TORCH_CHECK(lv.of_roi[k] >= 0 && lv.of_roi[k] < L, op, ": level ", lv.of_roi[k], " of RoI row ", k,
                 " is outside [0, ", L, ")");
   }
   return lv;
-}
-
-// Checks that the maps of a pyramid agree with each other and with the rois; returns them contiguous.
-std::vector<Tensor> pyramid_inputs(at::TensorList inputs, const Tensor& rois, int64_t ph, int64_t pw,
-                                   const char* op) {
-  TORCH_CHECK(!inputs.empty(), op, ": needs at least one feature map");
-  std::vector<Tensor> maps;
-  for (size_t l = 0; l < inputs.size(); ++l) {
-    const Tensor& x = inputs[l];
-    check_input_rois(x, rois, ph, pw, op);
-    TORCH_CHECK(x.device().is_cpu(), op, ": expected CPU tensors");
-    TORCH_CHECK(x.scalar_type() == inputs[0].scalar_type() && x.size(0) == inputs[0].size(0) &&
-                    x.size(1) == inputs[0].size(1),
-                op, ": feature map ", l, " is ", x.scalar_type(), " ", x.sizes(), " but map 0 is ",
-                inputs[0].scalar_type(), " ", inputs[0].sizes(), "; all maps need the same dtype, N and C");
-    maps.push_back(x.contiguous());
-  }
-  return maps;
 }
 
 template <typename scalar_t>
@@ -349,20 +223,12 @@ inline void max_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int
         const scalar_t* rh = plane + sy.hi * W;
         for (int b = 0; b < nx; ++b) {
           const AxisSample<T> sx = xs[b];
-          const T v = sy.wlo * sx.wlo * static_cast<T>(rl[sx.lo]) + sy.wlo * sx.whi * static_cast<T>(rl[sx.hi]) +
-                      sy.whi * sx.wlo * static_cast<T>(rh[sx.lo]) + sy.whi * sx.whi * static_cast<T>(rh[sx.hi]);
-          if (bi < 0 || v > best) {
-            best = v;
-            bi = (y0 + a) * gw + (x0 + b);
-          }
+          const T v = interpolate<T>(weights<T>(sy, sx), static_cast<T>(rl[sx.lo]), static_cast<T>(rl[sx.hi]),
+                                     static_cast<T>(rh[sx.lo]), static_cast<T>(rh[sx.hi]));
+          max_step<T>(v, (y0 + a) * gw + (x0 + b), &best, &bi);
         }
       }
-      // Samples outside the map have value 0 and compete too; in raster order the first maximum wins.
-      const int fi = first_invalid(gh, gw, y0, y0 + ny, x0, x0 + nx);
-      if (fi >= 0 && (bi < 0 || T(0) > best || (T(0) == best && fi < bi))) {
-        best = T(0);
-        bi = fi;
-      }
+      max_invalid_zero<T>(first_invalid(gh, gw, y0, y0 + ny, x0, x0 + nx), &best, &bi);
       out[p * pw + q] = static_cast<scalar_t>(bi < 0 ? T(0) : best);
       arg[p * pw + q] = bi;
     }
@@ -458,11 +324,6 @@ std::vector<Tensor> scatter_backward(const Tensor& rois, const Levels& lv, at::S
 // RoIAlign / RoIWarp backward
 std::vector<Tensor> sampled_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const Levels& lv,
                                      const SampleParams& sp, bool max_mode, const char* op) {
-  for (int64_t l = 0; l < lv.count(); ++l) {
-    check_grad(grad_, rois_, sp.pooled_h, sp.pooled_w, lv.N, lv.C, lv.H[l], lv.W[l], op);
-  }
-  TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
-  if (max_mode) check_argmax(argmax_, grad_, op);
   const int64_t K = rois_.size(0), C = lv.C, ph = sp.pooled_h, pw = sp.pooled_w;
   const Tensor grad = grad_.contiguous();
   const Tensor argmax = max_mode ? argmax_.contiguous() : argmax_;
@@ -628,9 +489,6 @@ std::tuple<Tensor, Tensor> pool_forward(const std::vector<Tensor>& inputs, const
 
 std::vector<Tensor> pool_backward(const Tensor& grad_, const Tensor& rois_, const Tensor& argmax_, const Levels& lv,
                                   int64_t ph, int64_t pw, const char* op) {
-  for (int64_t l = 0; l < lv.count(); ++l) check_grad(grad_, rois_, ph, pw, lv.N, lv.C, lv.H[l], lv.W[l], op);
-  check_argmax(argmax_, grad_, op);
-  TORCH_CHECK(grad_.device().is_cpu(), op, ": expected CPU tensors");
   const int64_t C = lv.C, PP = ph * pw;
   const Tensor grad = grad_.contiguous();
   const Tensor argmax = argmax_.contiguous();
@@ -663,101 +521,41 @@ std::vector<Tensor> pool_backward(const Tensor& grad_, const Tensor& rois_, cons
 }
 
 // ------------------------------------------------------------------------------------------------
-// Entry points: one feature map
-std::vector<Tensor> single_input(const Tensor& input, const Tensor& rois, int64_t ph, int64_t pw, const char* op) {
-  return pyramid_inputs({input}, rois, ph, pw, op);
-}
-
-Levels input_levels(const Tensor& input, double spatial_scale) {
-  return one_level(input.size(0), input.size(1), input.size(2), input.size(3), spatial_scale);
-}
-
-std::tuple<Tensor, Tensor> roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
-                                                 bool max_mode) {
-  const char* op = "roi_align_forward";
-  const SampleParams sp{Kind::Align, ph, pw, sampling_ratio, aligned};
-  return sampled_forward(single_input(input, rois, ph, pw, op), rois, input_levels(input, spatial_scale), sp,
-                         max_mode, op);
-}
-
-Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                              int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                              int64_t sampling_ratio, bool aligned, bool max_mode) {
-  const SampleParams sp{Kind::Align, ph, pw, sampling_ratio, aligned};
-  return sampled_backward(grad, rois, argmax, one_level(N, C, H, W, spatial_scale), sp, max_mode,
-                          "roi_align_backward")[0];
-}
-
-std::tuple<Tensor, Tensor> roi_warp_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                int64_t ph, int64_t pw, int64_t sampling_ratio, bool max_mode) {
-  const char* op = "roi_warp_forward";
-  const SampleParams sp{Kind::Warp, ph, pw, sampling_ratio, true};
-  return sampled_forward(single_input(input, rois, ph, pw, op), rois, input_levels(input, spatial_scale), sp,
-                         max_mode, op);
-}
-
-Tensor roi_warp_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                             int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W,
-                             int64_t sampling_ratio, bool max_mode) {
-  const SampleParams sp{Kind::Warp, ph, pw, sampling_ratio, true};
-  return sampled_backward(grad, rois, argmax, one_level(N, C, H, W, spatial_scale), sp, max_mode,
-                          "roi_warp_backward")[0];
-}
-
-std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                int64_t ph, int64_t pw) {
-  const char* op = "roi_pool_forward";
-  return pool_forward(single_input(input, rois, ph, pw, op), rois, input_levels(input, spatial_scale), ph, pw, op);
-}
-
-Tensor roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
-                             int64_t ph, int64_t pw, int64_t N, int64_t C, int64_t H, int64_t W) {
-  return pool_backward(grad, rois, argmax, one_level(N, C, H, W, spatial_scale), ph, pw, "roi_pool_backward")[0];
-}
-
-// ------------------------------------------------------------------------------------------------
-// Entry points: an FPN pyramid, every RoI read from its own level in one call
-enum class OpKind { Align, Warp, Pool };
-
-OpKind op_kind(c10::string_view kind, const char* op) {
-  if (kind == "align") return OpKind::Align;
-  if (kind == "warp") return OpKind::Warp;
-  TORCH_CHECK(kind == "pool", op, ": kind must be 'align', 'warp' or 'pool', got '", std::string(kind), "'");
-  return OpKind::Pool;
-}
-
-std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, const Tensor& rois, const Tensor& levels,
+// Entry points: the schema pair. RoI k reads map levels[k] (map 0 when levels is None).
+std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, const Tensor& rois,
+                                                      const std::optional<Tensor>& levels,
                                                       at::ArrayRef<double> spatial_scales, c10::string_view kind,
                                                       int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
                                                       bool max_mode) {
   const char* op = "multilevel_roi_forward";
   const OpKind k = op_kind(kind, op);
-  const std::vector<Tensor> maps = pyramid_inputs(inputs, rois, ph, pw, op);
+  check_forward(inputs, rois, levels, spatial_scales, ph, pw, op);
+  std::vector<Tensor> maps;
   std::vector<int64_t> heights, widths;
-  for (const Tensor& m : maps) {
+  for (const Tensor& m : inputs) {
+    maps.push_back(m.contiguous());
     heights.push_back(m.size(2));
     widths.push_back(m.size(3));
   }
-  const Levels lv = pyramid(maps[0].size(0), maps[0].size(1), heights, widths, spatial_scales, levels,
-                            rois.size(0), op);
+  const Levels lv = pyramid(maps[0].size(0), maps[0].size(1), heights, widths, spatial_scales, levels, op);
   if (k == OpKind::Pool) return pool_forward(maps, rois, lv, ph, pw, op);
-  const SampleParams sp{k == OpKind::Align ? Kind::Align : Kind::Warp, ph, pw, sampling_ratio,
-                        k == OpKind::Align ? aligned : true};
+  const SampleParams sp{k, ph, pw, sampling_ratio, k == OpKind::Align ? aligned : true};
   return sampled_forward(maps, rois, lv, sp, max_mode, op);
 }
 
-std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& levels,
-                                                const Tensor& argmax, at::ArrayRef<double> spatial_scales,
-                                                c10::string_view kind, int64_t ph, int64_t pw, int64_t N, int64_t C,
-                                                at::IntArrayRef heights, at::IntArrayRef widths,
-                                                int64_t sampling_ratio, bool aligned, bool max_mode) {
+std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad, const Tensor& rois,
+                                                const std::optional<Tensor>& levels, const Tensor& argmax,
+                                                at::ArrayRef<double> spatial_scales, c10::string_view kind, int64_t ph,
+                                                int64_t pw, int64_t N, int64_t C, at::IntArrayRef heights,
+                                                at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
+                                                bool max_mode) {
   const char* op = "multilevel_roi_backward";
   const OpKind k = op_kind(kind, op);
-  const Levels lv = pyramid(N, C, heights, widths, spatial_scales, levels, rois.size(0), op);
+  const bool need_argmax = k == OpKind::Pool || max_mode;
+  check_backward(grad, rois, levels, argmax, need_argmax, spatial_scales, ph, pw, N, C, heights, widths, op);
+  const Levels lv = pyramid(N, C, heights, widths, spatial_scales, levels, op);
   if (k == OpKind::Pool) return pool_backward(grad, rois, argmax, lv, ph, pw, op);
-  const SampleParams sp{k == OpKind::Align ? Kind::Align : Kind::Warp, ph, pw, sampling_ratio,
-                        k == OpKind::Align ? aligned : true};
+  const SampleParams sp{k, ph, pw, sampling_ratio, k == OpKind::Align ? aligned : true};
   return sampled_backward(grad, rois, argmax, lv, sp, max_mode, op);
 }
 
@@ -765,44 +563,11 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad, const Tensor
 }  // namespace roi_ops
 
 TORCH_LIBRARY(roi_ops, m) {
-  m.def(
-      "roi_align_forward(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, int sampling_ratio, bool aligned, bool max_mode) -> (Tensor, Tensor)");
-  m.def(
-      "roi_align_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
-      "int sampling_ratio, bool aligned, bool max_mode) -> Tensor");
-  m.def(
-      "roi_warp_forward(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, int sampling_ratio, bool max_mode) -> (Tensor, Tensor)");
-  m.def(
-      "roi_warp_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
-      "int sampling_ratio, bool max_mode) -> Tensor");
-  m.def(
-      "roi_pool_forward(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width) -> (Tensor, Tensor)");
-  m.def(
-      "roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
-      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
-  // kind: "align" | "warp" | "pool" (pool ignores sampling_ratio, aligned and max_mode; warp ignores aligned).
-  m.def(
-      "multilevel_roi_forward(Tensor[] inputs, Tensor rois, Tensor levels, float[] spatial_scales, str kind, "
-      "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, bool aligned, bool max_mode) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "multilevel_roi_backward(Tensor grad, Tensor rois, Tensor levels, Tensor argmax, float[] spatial_scales, "
-      "str kind, SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, "
-      "SymInt[] heights, SymInt[] widths, int sampling_ratio, bool aligned, bool max_mode) -> Tensor[]");
+  m.def((std::string("multilevel_roi_forward") + roi_ops::kForwardSchema).c_str());
+  m.def((std::string("multilevel_roi_backward") + roi_ops::kBackwardSchema).c_str());
 }
 
 TORCH_LIBRARY_IMPL(roi_ops, CPU, m) {
-  m.impl("roi_align_forward", &roi_ops::roi_align_forward_cpu);
-  m.impl("roi_align_backward", &roi_ops::roi_align_backward_cpu);
-  m.impl("roi_warp_forward", &roi_ops::roi_warp_forward_cpu);
-  m.impl("roi_warp_backward", &roi_ops::roi_warp_backward_cpu);
-  m.impl("roi_pool_forward", &roi_ops::roi_pool_forward_cpu);
-  m.impl("roi_pool_backward", &roi_ops::roi_pool_backward_cpu);
   m.impl("multilevel_roi_forward", &roi_ops::multilevel_roi_forward_cpu);
   m.impl("multilevel_roi_backward", &roi_ops::multilevel_roi_backward_cpu);
 }

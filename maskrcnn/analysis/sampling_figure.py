@@ -2,14 +2,14 @@
 
 Everything is drawn in continuous image pixels: feature cell ``(h, w)`` at stride ``s`` covers
 ``[w*s, (w+1)*s) x [h*s, (h+1)*s)`` and its value sits at the cell centre ``((w+0.5)*s, (h+0.5)*s)``; this is
-the convention under which RoIAlign(aligned=True) is exact (see maskrcnn/misalignment_probe.py).
+the convention under which RoIAlign(aligned=True) is exact (see maskrcnn/analysis/misalignment_probe.py).
 
 * pool:  corners rounded to cells (C round), size ``x2q - x1q + 1`` cells; bin ``j`` spans cells
   ``[floor(j*w/p), ceil((j+1)*w/p))`` -- unequal and overlapping; its output is the max over those cells.
 * warp:  the same quantized box, split into equal bins, bilinear samples on a regular grid in each bin.
 * align: the RoI as given (minus half a cell if not aligned), equal bins, bilinear samples.
 
-    python -m maskrcnn.roi_geometry_plot --box 37 21 190 133 --stride 32 --output-size 7 \\
+    python -m maskrcnn.analysis.sampling_figure --box 37 21 190 133 --stride 32 --output-size 7 \\
         --sampling-ratio 2 --out results/figures/roi_grid_s32.png
 """
 
@@ -28,8 +28,10 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
+from roi_heads.variants import Variant, find  # noqa: E402
+
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image px
-COLORS = {"roi": "#222222", "pool": "#d62728", "warp": "#ff7f0e", "align": "#1f77b4", "grid": "#b0b0b0"}
+ROI_COLOR, GRID_COLOR = "#222222", "#b0b0b0"
 
 
 def round_half_away(v: float) -> int:
@@ -91,12 +93,12 @@ def sample_points(box: Box, stride: int, output_size: int, sampling_ratio: int) 
 def _draw_grid(ax: Axes, stride: int, view: Box) -> None:
     x0, y0, x1, y1 = view
     for x in range(int(x0), int(x1) + 1, stride):
-        ax.axvline(x, color=COLORS["grid"], lw=0.6, zorder=0)
+        ax.axvline(x, color=GRID_COLOR, lw=0.6, zorder=0)
     for y in range(int(y0), int(y1) + 1, stride):
-        ax.axhline(y, color=COLORS["grid"], lw=0.6, zorder=0)
+        ax.axhline(y, color=GRID_COLOR, lw=0.6, zorder=0)
     cx = [x + stride / 2 for x in range(int(x0), int(x1), stride)]
     cy = [y + stride / 2 for y in range(int(y0), int(y1), stride)]
-    ax.scatter([x for x in cx for _ in cy], [y for _ in cx for y in cy], s=6, color=COLORS["grid"], zorder=1)
+    ax.scatter([x for x in cx for _ in cy], [y for _ in cx for y in cy], s=6, color=GRID_COLOR, zorder=1)
 
 
 def _box(ax: Axes, box: Box, **kw) -> None:
@@ -144,10 +146,9 @@ def _tracks(spans: list[tuple[int, int]]) -> list[int]:
     return lanes
 
 
-def _pool_bars(ax: Axes, geo: PoolGeometry, stride: int) -> None:
+def _pool_bars(ax: Axes, geo: PoolGeometry, stride: int, color: str) -> None:
     """Each bin's cell span as a bar below (columns) and right of (rows) the quantized box, on as many lanes
     as needed so that bins sharing a cell visibly overlap instead of merging."""
-    color = COLORS["pool"]
     for spans, horizontal in ((geo.x_bins, True), (geo.y_bins, False)):
         lanes = _tracks(spans)
         pitch = min(0.85 * stride / (max(lanes) + 1), 0.4 * stride)  # all lanes fit in the cell beyond the box
@@ -168,6 +169,12 @@ def _pool_bars(ax: Axes, geo: PoolGeometry, stride: int) -> None:
     ax.scatter([c[0] for c in cells], [c[1] for c in cells], s=16, color=color, zorder=4)
 
 
+def panel_variants(aligned: bool) -> dict[str, Variant]:
+    """{op kind: the variant whose colour its panel takes}; a panel draws the same for the avg and max forms."""
+    return {"pool": find(kind="pool"), "warp": find(kind="warp", pool_mode="max"),
+            "align": find(kind="align", pool_mode="avg", aligned=aligned)}
+
+
 def draw(roi: Box, stride: int, output_size: int, sampling_ratio: int, out: Path, aligned: bool = True) -> Path:
     """Writes the 3-panel PNG to `out` and returns it."""
     geo = pool_geometry(roi, stride, output_size)
@@ -179,29 +186,30 @@ def draw(roi: Box, stride: int, output_size: int, sampling_ratio: int, out: Path
     view = (max(math.floor(lo_x / stride) - 1, 0) * stride, max(math.floor(lo_y / stride) - 1, 0) * stride,
             (math.ceil(hi_x / stride) + 1) * stride, (math.ceil(hi_y / stride) + 1) * stride)
 
+    colors = {kind: v.color for kind, v in panel_variants(aligned).items()}
     fig, axes = plt.subplots(1, 3, figsize=(16, 6.2), dpi=140, sharex=True, sharey=True)
     titles = {
         "pool": "RoIPool: rounded box, unequal floor/ceil bins,\nmax over whole cells",
         "warp": "RoIWarp: rounded box, equal bins,\nbilinear samples",
         "align": f"RoIAlign{'' if aligned else ' (aligned=False)'}: exact box, equal bins,\nbilinear samples",
     }
-    for ax, name in zip(axes, ("pool", "warp", "align"), strict=True):
+    for ax, kind in zip(axes, ("pool", "warp", "align"), strict=True):
         _draw_grid(ax, stride, view)
-        _box(ax, roi, fill=False, ec=COLORS["roi"], lw=1.6, ls="--", zorder=5)
-        color = COLORS[name]
-        if name == "pool":
+        _box(ax, roi, fill=False, ec=ROI_COLOR, lw=1.6, ls="--", zorder=5)
+        color = colors[kind]
+        if kind == "pool":
             _box(ax, geo.box, facecolor=color, alpha=0.06, ec=color, lw=2, zorder=2)
             _box(ax, geo.box, fill=False, ec=color, lw=2, zorder=4)
-            _pool_bars(ax, geo, stride)
+            _pool_bars(ax, geo, stride, color)
             _shift_note(ax, roi, geo.box)
         else:
-            box = wbox if name == "warp" else abox
+            box = wbox if kind == "warp" else abox
             _box(ax, box, facecolor=color, alpha=0.06, lw=0, zorder=2)
             _box(ax, box, fill=False, ec=color, lw=2, zorder=4)
             _equal_bins(ax, box, output_size, color)
             _samples(ax, sample_points(box, stride, output_size, sampling_ratio), stride, color)
             _shift_note(ax, roi, box)
-        ax.set_title(titles[name], fontsize=11, color=color)
+        ax.set_title(titles[kind], fontsize=11, color=color)
         ax.set_xlim(view[0], view[2])
         ax.set_ylim(view[3], view[1])  # image y points down
         ax.set_aspect("equal")
@@ -209,12 +217,12 @@ def draw(roi: Box, stride: int, output_size: int, sampling_ratio: int, out: Path
     axes[0].set_ylabel("y (image px)")
 
     handles = [
-        Line2D([], [], color=COLORS["roi"], ls="--", lw=1.6, label="RoI as given"),
-        Line2D([], [], color=COLORS["grid"], marker="o", ms=3, lw=0.6, label=f"feature cells ({stride} px) + centres"),
-        Patch(facecolor="none", edgecolor=COLORS["pool"], lw=2, label="RoIPool quantized box"),
-        Patch(facecolor=COLORS["pool"], alpha=0.5, label="RoIPool bin spans (cells) / one bin's max cells"),
-        Patch(facecolor="none", edgecolor=COLORS["warp"], lw=2, label="RoIWarp quantized box + bins"),
-        Patch(facecolor="none", edgecolor=COLORS["align"], lw=2, label="RoIAlign box + bins"),
+        Line2D([], [], color=ROI_COLOR, ls="--", lw=1.6, label="RoI as given"),
+        Line2D([], [], color=GRID_COLOR, marker="o", ms=3, lw=0.6, label=f"feature cells ({stride} px) + centres"),
+        Patch(facecolor="none", edgecolor=colors["pool"], lw=2, label="RoIPool quantized box"),
+        Patch(facecolor=colors["pool"], alpha=0.5, label="RoIPool bin spans (cells) / one bin's max cells"),
+        Patch(facecolor="none", edgecolor=colors["warp"], lw=2, label="RoIWarp quantized box + bins"),
+        Patch(facecolor="none", edgecolor=colors["align"], lw=2, label="RoIAlign box + bins"),
         Line2D([], [], color="#555555", marker="o", ls="none", ms=4, label="bilinear sample points"),
         Line2D([], [], color="#555555", marker="o", mfc="none", ls=":", ms=5, label="one sample's 4 neighbours"),
     ]

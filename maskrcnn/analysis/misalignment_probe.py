@@ -12,9 +12,8 @@ is exact. The probe feeds a 4-channel feature map that encodes this centre::
 Bilinear interpolation of a linear ramp returns the ramp at the sample point, and every RoI stays a margin
 away from the map border (no clamping), so each op's output tells where it looked:
 
-* avg ops (warp_avg, align, align_legacy): channel 0 / 2 is the mean sample position = the bin's centre as
-  the op sees it.
-* max ops (pool, warp, align_max): the max of ``x`` is the bin's right-most sampled position and the max of
+* avg ops (pool_mode="avg"): channel 0 / 2 is the mean sample position = the bin's centre as the op sees it.
+* max ops (pool_mode="max", RoIPool included): the max of ``x`` is the bin's right-most sampled position and the max of
   ``-x`` minus the left-most, so ``(max(x) - max(-x)) / 2`` is the centre of the bin's support (for pool:
   the centre of its quantized cells; for bilinear max ops: the centre of the sample grid).
 
@@ -22,7 +21,7 @@ The error of a bin is the Euclidean distance between that centre and the true ce
 continuous RoI, ``x1 + (j + 0.5) * (x2 - x1) / pw`` (same for y). RoIs are seeded, log-uniform in width and
 height (small to large) and uniform in position.
 
-    python -m maskrcnn.misalignment_probe --num-rois 2000 --out-dir results/
+    python -m maskrcnn.analysis.misalignment_probe --num-rois 2000 --out-dir results/
 """
 
 from __future__ import annotations
@@ -31,24 +30,15 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-import ops
+from roi_heads import RoIOp
+from roi_heads.variants import BASELINE, BY_NAME, VARIANTS, Variant
 
-# name -> fn(feature [1, 4, H, W], rois [R, 5], output_size, spatial_scale, sampling_ratio) -> [R, 4, ph, pw]
-OPS: dict[str, Callable[..., Tensor]] = {
-    "pool": lambda f, r, o, s, sr: ops.roi_pool(f, r, o, s),
-    "warp": lambda f, r, o, s, sr: ops.roi_warp(f, r, o, s, sr, pool_mode="max"),
-    "warp_avg": lambda f, r, o, s, sr: ops.roi_warp(f, r, o, s, sr, pool_mode="avg"),
-    "align_legacy": lambda f, r, o, s, sr: ops.roi_align(f, r, o, s, sr, aligned=False),
-    "align_max": lambda f, r, o, s, sr: ops.roi_align(f, r, o, s, sr, aligned=True, pool_mode="max"),
-    "align": lambda f, r, o, s, sr: ops.roi_align(f, r, o, s, sr, aligned=True),
-}
-MAX_OPS = {"pool", "warp", "align_max"}
 STRIDES = (4, 8, 16, 32)
 
 
@@ -84,12 +74,12 @@ def true_bin_centres(rois: Tensor, output_size: int) -> tuple[Tensor, Tensor]:
     return cx[:, None, :], cy[:, :, None]
 
 
-def bin_errors(op: str, stride: int, rois: Tensor, image_size: int, output_size: int = 7,
-               sampling_ratio: int = 2) -> Tensor:
-    """Per-bin error in px, [R, ph, pw], of `op` (a key of OPS) at `stride` for rois [R, 5] (image px)."""
+def bin_errors(variant: Variant, stride: int, rois: Tensor, image_size: int, output_size: int = 7) -> Tensor:
+    """Per-bin error in px, [R, ph, pw], of the variant's op (roi_heads.RoIOp, as the model runs it) at `stride`
+    for rois [R, 5] (image px)."""
     feature = coordinate_features(image_size, stride)
-    out = OPS[op](feature, rois.float(), output_size, 1.0 / stride, sampling_ratio).double()
-    if op in MAX_OPS:
+    out = RoIOp(**variant.op_args())(feature, rois.float(), output_size, 1.0 / stride).double()
+    if variant.pool_mode == "max":
         x, y = (out[:, 0] - out[:, 1]) / 2, (out[:, 2] - out[:, 3]) / 2
     else:
         x, y = out[:, 0], out[:, 2]
@@ -97,16 +87,17 @@ def bin_errors(op: str, stride: int, rois: Tensor, image_size: int, output_size:
     return torch.hypot(x - cx, y - cy)
 
 
-def probe(num_rois: int, strides: tuple[int, ...] = STRIDES, output_size: int = 7, sampling_ratio: int = 2,
-          image_size: int = 1024, seed: int = 0) -> dict[str, dict[int, dict[str, float]]]:
-    """{op: {stride: {"mean", "std", "max", "mean_over_stride"}}} over all bins of `num_rois` random RoIs."""
+def probe(num_rois: int, variants: tuple[Variant, ...] = VARIANTS, strides: tuple[int, ...] = STRIDES,
+          output_size: int = 7, image_size: int = 1024, seed: int = 0) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant name: {stride: {"mean", "std", "max", "mean_over_stride"}}} over all bins of `num_rois` random
+    RoIs."""
     rois = random_rois(num_rois, image_size, margin=2.0 * max(strides), seed=seed)
     table: dict[str, dict[int, dict[str, float]]] = {}
-    for op in OPS:
-        table[op] = {}
+    for variant in variants:
+        table[variant.name] = {}
         for stride in strides:
-            err = bin_errors(op, stride, rois, image_size, output_size, sampling_ratio).flatten()
-            table[op][stride] = {
+            err = bin_errors(variant, stride, rois, image_size, output_size).flatten()
+            table[variant.name][stride] = {
                 "mean": err.mean().item(),
                 "std": err.std().item() if err.numel() > 1 else 0.0,
                 "max": err.max().item(),
@@ -117,29 +108,33 @@ def probe(num_rois: int, strides: tuple[int, ...] = STRIDES, output_size: int = 
 
 def markdown(table: dict[str, dict[int, dict[str, float]]], args: argparse.Namespace) -> str:
     strides = list(next(iter(table.values())))
+    sampling = "each variant's own (configs/roi)" if args.sampling_ratio is None else str(args.sampling_ratio)
+    command = f"python -m maskrcnn.analysis.misalignment_probe --num-rois {args.num_rois} --out-dir {args.out_dir}"
     lines = [
         "# Misalignment of RoI feature extractors",
         "",
         f"Mean ± std (over all bins of {args.num_rois} random RoIs, seed {args.seed}) of the distance in input "
         f"pixels between where each {args.output_size}x{args.output_size} output bin looks and the true centre "
-        f"of that bin of the RoI; sampling_ratio={args.sampling_ratio}. Produced by "
-        f"`python -m maskrcnn.misalignment_probe --num-rois {args.num_rois} --out-dir {args.out_dir}`; "
-        "the method is in the module docstring.",
+        f"of that bin of the RoI; sampling ratio: {sampling}. Produced by `{command}`; the method is in the "
+        "module docstring.",
         "",
         "| op | " + " | ".join(f"stride {s}" for s in strides) + " |",
         "|---|" + "---:|" * len(strides),
     ]
-    for op, row in table.items():
-        lines.append(f"| {op} | " + " | ".join(f"{row[s]['mean']:.2f} ± {row[s]['std']:.2f}" for s in strides)
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[s]['mean']:.2f} ± {row[s]['std']:.2f}" for s in strides)
                      + " |")
     notes = []
-    if "pool" in table:
-        ratios = [table["pool"][s]["mean_over_stride"] for s in strides]
-        notes.append(f"- RoIPool's error is {min(ratios):.2f}-{max(ratios):.2f} strides at every stride: it grows "
-                     "with the feature cell (rounding, plus the +1 cell of its size).")
-    if "align" in table:
-        worst = max(table["align"][s]["max"] for s in strides)
-        notes.append(f"- RoIAlign (aligned=True): largest single-bin error {worst:.1e} px (float32 rounding).")
+    if BASELINE.name in table:
+        ratios = [table[BASELINE.name][s]["mean_over_stride"] for s in strides]
+        notes.append(f"- {BASELINE.label}'s error is {min(ratios):.2f}-{max(ratios):.2f} strides at every stride: "
+                     "it grows with the feature cell (rounding, plus the +1 cell of its size).")
+    # float32 rounding of coordinates up to 1024 px is ~1e-4 px; a quantizing op is off by whole pixels.
+    exact = {name: max(row[s]["max"] for s in strides) for name, row in table.items()}
+    exact = {name: worst for name, worst in exact.items() if worst < 1e-3}
+    if exact:
+        notes.append(f"- Exact up to float32 rounding: {', '.join(exact)} (largest single-bin error "
+                     f"{max(exact.values()):.1e} px).")
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -150,23 +145,21 @@ def plot(table: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
-    styles = {"pool": ("#d62728", "s", "-"), "warp": ("#ff7f0e", "^", "-"), "warp_avg": ("#bcbd22", "v", "--"),
-              "align_legacy": ("#9467bd", "D", "-"), "align_max": ("#17becf", "P", "--"),
-              "align": ("#1f77b4", "o", "-")}
-    for k, (op, row) in enumerate(table.items()):
+    for k, (name, row) in enumerate(table.items()):
+        v = BY_NAME[name]
         strides = list(row)
-        color, marker, ls = styles.get(op, ("gray", "o", "-"))
-        # Dodge each op sideways (log axis) so coinciding curves (warp/warp_avg, align/align_max) stay visible.
+        # Dodge each op sideways (log axis) so coinciding curves (e.g. the avg and max forms of one op) stay visible.
         xs = [s * 2 ** (0.04 * (k - (len(table) - 1) / 2)) for s in strides]
         ax.errorbar(xs, [row[s]["mean"] for s in strides], yerr=[row[s]["std"] for s in strides],
-                    label=op, color=color, marker=marker, ls=ls, capsize=3, lw=1.6, ms=5)
+                    label=f"{name}: {v.label}", color=v.color, marker=v.marker, ls=v.linestyle, capsize=3, lw=1.6,
+                    ms=5)
     ax.set_xscale("log", base=2)
     ax.set_xticks(strides, [str(s) for s in strides])
     ax.set_xlabel("feature stride (px)")
     ax.set_ylabel("bin-centre error (input px), mean ± std")
     ax.set_title("Where each RoI op looks vs. where it should")
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -178,16 +171,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-rois", type=int, default=2000)
     parser.add_argument("--out-dir", type=Path, default=Path("results"))
     parser.add_argument("--output-size", type=int, default=7)
-    parser.add_argument("--sampling-ratio", type=int, default=2, help="for warp/align; <= 0 for adaptive")
+    parser.add_argument("--sampling-ratio", type=int, default=None,
+                        help="replaces the warp/align variants' own (configs/roi); <= 0 for adaptive")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     start = time.monotonic()
-    table = probe(args.num_rois, STRIDES, args.output_size, args.sampling_ratio, seed=args.seed)
+    variants = VARIANTS
+    if args.sampling_ratio is not None:
+        variants = tuple(v if v.kind == "pool" else replace(v, sampling_ratio=args.sampling_ratio) for v in variants)
+    table = probe(args.num_rois, variants, STRIDES, args.output_size, seed=args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(table, args)
     (args.out_dir / "misalignment.md").write_text(text)
-    record = {"num_rois": args.num_rois, "output_size": args.output_size, "sampling_ratio": args.sampling_ratio,
+    record = {"num_rois": args.num_rois, "output_size": args.output_size,
+              "sampling_ratio": {v.name: v.sampling_ratio for v in variants},
               "seed": args.seed, "units": "input pixels", "errors": table}
     (args.out_dir / "misalignment.json").write_text(json.dumps(record, indent=2) + "\n")
     plot(table, args.out_dir / "figures" / "misalignment.png")

@@ -1,0 +1,198 @@
+"""Build and load the ``roi_ops`` C++/CUDA extension.
+
+    python -m ops.build          # build and load the extension (CPU; CPU + CUDA when a GPU is visible)
+    python -m ops.build --cuda   # compile + link the CUDA sources too (no GPU needed); does not load
+
+``import ops`` calls :func:`load`, which JIT-compiles the extension with ``torch.utils.cpp_extension`` on first
+use and caches it in ``<repo>/.build/``; ``MAX_JOBS`` sets the ninja parallelism. The CUDA sources
+(``ops/csrc/cuda/*.cu``) are included only when a GPU is visible. ``--cuda`` exits non-zero when they do not
+compile. :func:`load_emulation` builds and loads the CPU emulation of the CUDA kernels (a separate library,
+for tests).
+
+Nothing machine-specific is written here:
+
+* CUDA_HOME: ``CUDA_HOME`` or ``CUDA_PATH`` when set, else the toolkit root that the ``nvcc`` on PATH runs
+  from, asked from nvcc itself (``nvcc -dryrun`` prints it). torch guesses it from where ``nvcc`` sits, which a
+  wrapper script or a symlink on PATH misleads.
+* Architectures: ``TORCH_CUDA_ARCH_LIST`` when set. Otherwise :func:`load` leaves it to torch, which builds for
+  the visible GPUs plus PTX of the newest (so a later GPU can JIT-compile it), and ``--cuda`` compile-checks
+  :data:`CHECK_ARCHS` (A100 and H100/H200 machine code, plus PTX).
+* Rounding: the CUDA sources build with ``-fmad=false`` and the CPU sources with ``-ffp-contract=off``, so
+  neither side fuses a multiply and an add into one rounding: both round every product and sum alike, and the
+  max modes pick the same samples on the CPU and the GPU (the tests require that bitwise). ``ROI_OPS_FMAD=1``
+  lets nvcc fuse them again (its own build directory), to measure what that costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+OPS = Path(__file__).resolve().parents[1]
+CSRC = OPS / "csrc"
+BUILD_ROOT = OPS.parent / ".build"
+CHECK_ARCHS = "8.0;9.0+PTX"
+CPU_FLAGS = ["-O3", "-fopenmp", "-DAT_PARALLEL_OPENMP=1", "-ffp-contract=off"]  # OpenMP as at::parallel_for uses it
+
+
+def _fmad() -> bool:
+    return os.environ.get("ROI_OPS_FMAD") == "1"
+
+
+def _cuda_flags() -> list[str]:
+    return ["-O3", "-lineinfo", f"-fmad={str(_fmad()).lower()}"]
+
+
+def _cuda_sources() -> list[str]:
+    return sorted(glob.glob(str(CSRC / "cuda" / "*.cu")))
+
+
+def _nvidia_include_dirs() -> list[str]:
+    """Include dirs of pip's ``nvidia-*`` packages (CUDA runtime headers etc.), when installed."""
+    try:
+        import nvidia  # namespace package installed by the CUDA wheels
+    except ImportError:
+        return []
+    found = set()
+    for root in getattr(nvidia, "__path__", []):
+        found.update(p for p in glob.glob(os.path.join(root, "*", "include")) + glob.glob(
+            os.path.join(root, "*", "*", "include")) if os.path.isdir(p))
+    return sorted(found)
+
+
+def cuda_home() -> str | None:
+    """The CUDA toolkit root to build with (see the module docstring); None without a toolkit."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.cu"
+        probe.write_text("")
+        dryrun = subprocess.run([nvcc, "-dryrun", "-E", str(probe)], capture_output=True, text=True)
+    top = re.search(r"^#\$ TOP=(.+)$", dryrun.stdout + dryrun.stderr, re.MULTILINE)
+    return str(Path(top.group(1).strip()).resolve()) if top else str(Path(nvcc).resolve().parent.parent)
+
+
+def _cpp_extension():
+    """``torch.utils.cpp_extension`` with its CUDA_HOME (read once at its import) pointed at :func:`cuda_home`."""
+    # torch warns "No CUDA runtime is found" on import when there is no GPU; irrelevant here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    home = cuda_home()
+    if home is not None:
+        cpp_extension.CUDA_HOME = home
+    return cpp_extension
+
+
+@contextlib.contextmanager
+def _arch_list(default: str | None):
+    """TORCH_CUDA_ARCH_LIST = ``default`` for the duration, unless the environment sets it."""
+    if default is None or os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        yield
+        return
+    os.environ["TORCH_CUDA_ARCH_LIST"] = default
+    try:
+        yield
+    finally:
+        del os.environ["TORCH_CUDA_ARCH_LIST"]
+
+
+def _build_args(name: str, sources: list[str], with_cuda: bool) -> dict:
+    build_dir = BUILD_ROOT / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return dict(
+        name=name,
+        sources=sources,
+        extra_cflags=CPU_FLAGS,
+        extra_cuda_cflags=_cuda_flags() if with_cuda else None,
+        extra_ldflags=["-fopenmp"],
+        extra_include_paths=[str(CSRC)] + (_nvidia_include_dirs() if with_cuda else []),
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+    )
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool) -> None:
+    """Compile (if needed) and load one library into this process; once per process."""
+    build_dir = BUILD_ROOT / name
+    if any(Path(p).parent == build_dir for p in torch.ops.loaded_libraries):
+        return
+    if not any(build_dir.glob(f"{name}*.so")):
+        _say(f"building {name} (first use; ~1 min per translation unit)…")
+    t0 = time.time()
+    _cpp_extension().load(**_build_args(name, sources, with_cuda), is_python_module=False, verbose=verbose)
+    if time.time() - t0 > 2.0:  # a real compile happened (a cached load takes well under a second)
+        _say(f"building {name}… done in {time.time() - t0:.0f} s")
+
+
+def load(verbose: bool = False) -> None:
+    """Compile (if needed) and load the extension into this process; registers ``torch.ops.roi_ops``."""
+    use_cuda = torch.cuda.is_available() and bool(_cuda_sources())
+    name = ("roi_ops_cuda_fmad" if _fmad() else "roi_ops_cuda") if use_cuda else "roi_ops_cpu"
+    _load_library(name, [str(CSRC / "roi_ops.cpp")] + (_cuda_sources() if use_cuda else []), use_cuda, verbose)
+
+
+def load_emulation(verbose: bool = False) -> None:
+    """Compile (if needed) and load the CPU emulation of the CUDA kernels: ``torch.ops.roi_ops_emulated``, the
+    schema pair on CPU tensors, running the CUDA path's driver and kernel bodies serially (for tests)."""
+    _load_library("roi_ops_emulated", [str(CSRC / "emulation" / "roi_ops_emulated.cpp")], False, verbose)
+
+
+def build_cuda(verbose: bool = False) -> int:
+    """Compile and link the CUDA sources into a separate build, without loading it. Returns an exit code."""
+    cu = _cuda_sources()
+    if not cu:
+        _say("no CUDA sources found in ops/csrc/cuda/")
+        return 1
+    name = "roi_ops_cuda_check"
+    cpp_extension = _cpp_extension()
+    with _arch_list(CHECK_ARCHS):
+        _say(f"building {name} (archs {os.environ['TORCH_CUDA_ARCH_LIST']}, CUDA_HOME={cpp_extension.CUDA_HOME})…")
+        t0 = time.time()
+        try:
+            # Writes the ninja file and builds the library without loading it (there may be no GPU); private,
+            # because the public API always loads.
+            cpp_extension._write_ninja_file_and_build_library(
+                **_build_args(name, [str(CSRC / "roi_ops.cpp")] + cu, True),
+                extra_sycl_cflags=None, with_sycl=False, verbose=verbose,
+            )
+        except Exception as exc:  # compile errors surface as RuntimeError / CalledProcessError
+            _say(f"CUDA build FAILED after {time.time() - t0:.0f} s: {exc}")
+            return 1
+    _say(f"building {name}… done in {time.time() - t0:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cuda", action="store_true", help="also compile the CUDA sources (no GPU needed)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.cuda:
+        return build_cuda(args.verbose)
+    t0 = time.time()
+    load(args.verbose)  # `python -m ops.build` imported ops first, which loaded it: then a no-op
+    _say(f"roi_ops ready in {BUILD_ROOT} ({time.time() - t0:.0f} s)")
+    return 0

@@ -1,0 +1,7 @@
+"""``python -m ops.build [--cuda]``: see :mod:`ops.build`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
