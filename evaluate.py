@@ -7,7 +7,7 @@ python evaluate.py ckpt_path=... data=coco eval.backend=faster_coco_eval
 import hydra
 from omegaconf import DictConfig
 
-from maskrcnn.evaluating import evaluate
+from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.resolvers import register_resolvers
 
 register_resolvers()  # before @hydra.main composes the config

@@ -5,7 +5,7 @@
 The ground truth is a COCO-format instances file with about 7 polygon instances per image over 80 classes;
 the results are every instance found again with a jittered box and polygon, a random score, plus 3 false
 positives per image. Both backends score the same lists (bbox and segm: loadRes, evaluate, accumulate,
-summarize) through maskrcnn.evaluation.CocoEvaluator; the script prints seconds per backend, the ratio,
+summarize) through maskrcnn.coco_eval.CocoEvaluator; the script prints seconds per backend, the ratio,
 and the largest difference between their 12 metrics.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from bench.report import write_json
-from maskrcnn.evaluation import CocoEvaluator
+from maskrcnn.coco_eval import CocoEvaluator
 from maskrcnn.runinfo import device_description
 
 IMAGE_SIZE = 256

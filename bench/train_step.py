@@ -33,7 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from bench.report import write_json
-from maskrcnn.model import build_model
+from maskrcnn.builders import build_model
 from maskrcnn.runinfo import device_description
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

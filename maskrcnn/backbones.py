@@ -15,7 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from maskrcnn.checkpoints import load_torch_file
 
-KINDS = ("fpn", "c4", "c5")
+FEATURES = ("fpn", "c4", "c5")
 NORMS = {"bn": nn.BatchNorm2d, "frozen_bn": FrozenBatchNorm2d}
 STAGES = ["conv1", "layer1", "layer2", "layer3", "layer4"]
 
@@ -111,14 +111,16 @@ def freeze_stages(resnet: nn.Module, trainable_layers: int) -> None:
 
 def build_backbone(
     arch: str,
-    kind: str,
+    features: str,
     weights: str | None = None,
     norm: str = "bn",
     trainable_layers: int = 5,
     fpn_channels: int = 256,
 ) -> Backbone:
-    if kind not in KINDS:
-        raise ValueError(f"model.backbone.kind={kind!r} is not one of {', '.join(KINDS)}")
+    """A `model.backbone` config's backbone. features: "fpn" (P2-P5, strides 4-32), "c4" (res2-res4 at
+    stride 16, res5 kept as the RoI head) or "c5" (res2-res5 at stride 32)."""
+    if features not in FEATURES:
+        raise ValueError(f"model.backbone.features={features!r} is not one of {', '.join(FEATURES)}")
     resnet = build_resnet(arch, weights, norm)
     freeze_stages(resnet, trainable_layers)
     c5 = resnet.fc.in_features
@@ -131,10 +133,10 @@ def build_backbone(
         resnet.layer2,
         resnet.layer3,
     ]
-    if kind == "fpn":
+    if features == "fpn":
         channels = [c5 // 8, c5 // 4, c5 // 2, c5]
         body = BackboneWithFPN(resnet, {f"layer{i + 1}": str(i) for i in range(4)}, channels, fpn_channels)
         return Backbone(body, ["0", "1", "2", "3"], [4, 8, 16, 32], fpn_channels)
-    if kind == "c4":
+    if features == "c4":
         return Backbone(nn.Sequential(*stem), ["0"], [16], c5 // 2, res5=resnet.layer4)
     return Backbone(nn.Sequential(*stem, resnet.layer4), ["0"], [32], c5)

@@ -53,6 +53,8 @@ def build_rpn(
     pre_nms_top_n_test: int,
     post_nms_top_n_test: int,
     nms_thresh: float,
+    score_thresh: float,
+    box_coder_weights: list[float],
 ) -> RegionProposalNetwork:
     """The RPN of a `model.rpn` config (its keys are this function's keywords) on top of `backbone`."""
     sizes, ratios = tuple(anchor_sizes), tuple(aspect_ratios)
@@ -70,6 +72,7 @@ def build_rpn(
         pre_nms_top_n={"training": pre_nms_top_n_train, "testing": pre_nms_top_n_test},
         post_nms_top_n={"training": post_nms_top_n_train, "testing": post_nms_top_n_test},
         nms_thresh=nms_thresh,
+        score_thresh=score_thresh,
     )
-    rpn.box_coder = Float32BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))  # torchvision's RPN weights
+    rpn.box_coder = Float32BoxCoder(weights=tuple(box_coder_weights))
     return rpn

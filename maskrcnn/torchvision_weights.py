@@ -21,14 +21,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
 from maskrcnn.checkpoints import CheckpointError, load_torch_file
 from maskrcnn.config import compose_config
-from maskrcnn.model import build_model
+from maskrcnn.lightning_module import CHECKPOINT_FORMAT
+from maskrcnn.training import build_module
+from roi_heads.variants import find
 
+# torchvision's MultiScaleRoIAlign: unaligned RoIAlign, averaging 2x2 samples per bin.
+TORCHVISION_ROI = find(kind="align", pool_mode="avg", aligned=False, sampling_ratio=2).name
 _MASK_CONV = re.compile(r"^roi_heads\.mask_head\.(\d+)\.0\.")
 _RENAMES = {
     "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_predictor.deconv.",
@@ -64,7 +67,7 @@ def coco_classes(num_labels: int) -> list[dict[str, Any]]:
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    roi: str = "align_legacy",
+    roi: str = TORCHVISION_ROI,
     roi_impl: str = "ours",
     min_size: int = 800,
     max_size: int = 1333,
@@ -72,7 +75,7 @@ def convert(
 ) -> Path:
     """A torchvision Mask R-CNN R50-FPN state_dict file -> a checkpoint that evaluate.py (and train.py) loads.
 
-    roi / roi_impl: the RoI op of the converted model; torchvision's is align_legacy (impl=torchvision gives
+    roi / roi_impl: the RoI op of the converted model; torchvision's by default (impl=torchvision gives
     bit-identical outputs, ours agrees to float32 rounding). min_size / max_size: the image resize (torchvision:
     800 / 1333). overrides: further Hydra overrides of the run config (e.g. model.rpn.post_nms_top_n_test=300).
     """
@@ -103,9 +106,9 @@ def convert(
             *(overrides or []),
         ],
     )
-    model = build_model(cfg.model, cfg.roi, num_labels - 1, min_size, max_size)
+    module = build_module(cfg, coco_classes(num_labels))
     try:
-        missing, unexpected = model.load_state_dict(rename_torchvision_keys(state), strict=False)
+        missing, unexpected = module.model.load_state_dict(rename_torchvision_keys(state), strict=False)
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{src}: does not fit torchvision's maskrcnn_resnet50_fpn: {e}") from e
     if missing or unexpected:
@@ -114,11 +117,9 @@ def convert(
             f"unexpected {unexpected[:5]}"
         )
     checkpoint = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {
-            "cfg": OmegaConf.to_container(cfg, resolve=True),
-            "classes": coco_classes(num_labels),
-        },
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "checkpoint_format": CHECKPOINT_FORMAT,
         "global_step": 0,
         "epoch": 0,
         "pytorch-lightning_version": pl.__version__,
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="torchvision state_dict file, e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
     parser.add_argument("dst", help="checkpoint to write, for evaluate.py ckpt_path=...")
-    parser.add_argument("--roi", default="align_legacy", help="RoI variant (default: torchvision's, align_legacy)")
+    parser.add_argument("--roi", default=TORCHVISION_ROI, help="RoI variant (default: torchvision's)")
     parser.add_argument("--roi-impl", default="ours", choices=["ours", "torchvision"])
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -15,11 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from maskrcnn.callbacks import CocoEvaluation, NonFiniteGuard, RNGStates, SkippedImages, ValidationImages
 from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
-from maskrcnn.lit import MaskRCNNModule
-from maskrcnn.resolvers import roi_id
+from maskrcnn.lightning_module import DetectorModule
+from maskrcnn.run_metrics import run_metrics, write_metrics
 from maskrcnn.runinfo import device_description
-from maskrcnn.schedule import log_schedule, scaled_schedule, world_size
+from maskrcnn.schedule import Schedule, log_schedule, scaled_schedule, world_size
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed_step = _check_resumable(ckpt_path, cfg) if ckpt_path else 0
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data.module)
-    if datamodule.shapes is None:
-        datamodule.check_paths("fit")  # a missing dataset is reported before any weights download
-    module = MaskRCNNModule(OmegaConf.to_container(cfg, resolve=True))
+    datamodule.prepare_data()  # the built-in data is generated here if needed (idempotent; Lightning calls it too)
+    datamodule.setup("fit")  # the classes come from the training annotations; a missing dataset fails here,
+    # before any weights download
+    schedule = scaled_schedule(cfg, world_size(cfg.trainer))
+    log_schedule(cfg, schedule)
+    module = build_module(cfg, datamodule.classes, schedule)
     # purge_step: TensorBoard drops what a killed run logged after the checkpoint we resume from. +1: the
     # pictures of a validation at the checkpoint's step are logged at that step (its scalars one lower).
     logger = TensorBoardLogger(
@@ -46,22 +49,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         default_hp_metric=False,
         purge_step=resumed_step + 1 if resumed_step else None,
     )
-    best = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="best-step{step}",
-        auto_insert_metric_name=False,
-        monitor="val/segm_AP",
-        mode="max",
-    )
-    schedule = scaled_schedule(cfg, world_size(cfg.trainer))
-    log_schedule(cfg, schedule)
-    last = LastCheckpoint(output_dir / "checkpoints", schedule.checkpoint_every_n_steps)
+    evaluation, guard = CocoEvaluation(cfg.eval.backend), NonFiniteGuard(cfg.train.nonfinite)
+    skipped_images = SkippedImages()
+    callbacks = [
+        evaluation,
+        ValidationImages(cfg.train.vis_images),
+        guard,
+        skipped_images,
+        RNGStates(),
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints",
+            filename="best-step{step}",
+            auto_insert_metric_name=False,
+            monitor=cfg.train.best_checkpoint.monitor,
+            mode=cfg.train.best_checkpoint.mode,
+        ),
+        LastCheckpoint(output_dir / "checkpoints", schedule.checkpoint_every_n_steps),
+        LearningRateMonitor("step"),
+    ]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_steps=schedule.max_steps,
         val_check_interval=schedule.val_check_interval,
         logger=logger,
-        callbacks=[best, last, LearningRateMonitor("step")],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
@@ -71,32 +82,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_minutes = (time.monotonic() - start) / 60
-    if module.metrics_step != trainer.global_step:  # the final weights were not evaluated yet
+    if evaluation.metrics_step != trainer.global_step:  # the final weights were not evaluated yet
         trainer.validate(module, datamodule=datamodule, verbose=False)
 
     metrics = {
-        **module.metrics,
-        "roi": roi_id(cfg.roi.name, cfg.roi.impl),
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "seed": int(cfg.seed),
+        **run_metrics(cfg, evaluation.metrics),
         "steps": int(trainer.global_step),
         "train_minutes": round(train_minutes, 2),
         "device": device_description(),
-        "skipped_steps": module.skipped_steps,
-        "skipped_images": len(module.skipped_image_ids),
+        "skipped_steps": guard.skipped_steps,
+        "skipped_images": len(skipped_images.image_ids),
     }
     if trainer.is_global_zero:
-        if module.skipped_image_ids:
-            ids = sorted(module.skipped_image_ids)
+        if skipped_images.image_ids:
+            ids = sorted(skipped_images.image_ids)
             log.warning("skipped %d unreadable training image(s), ids: %s", len(ids), ids[:50])
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(output_dir, metrics)
         logger.log_hyperparams(
             {key: metrics[key] for key in ("roi", "model", "seed", "data")},
-            {f"hparams/{k.replace('/', '_')}": v for k, v in module.metrics.items()},
+            {f"hparams/{k.replace('/', '_')}": v for k, v in evaluation.metrics.items()},
         )
-        print(f"metrics: {output_dir / 'metrics.json'}  segm/AP={metrics.get('segm/AP', float('nan')):.4f}")
     return metrics
+
+
+def build_module(cfg: DictConfig, classes: list[dict[str, Any]], schedule: Schedule | None = None) -> DetectorModule:
+    """The run config's DetectorModule for `classes`, its optimizer following `schedule` (None: as configured)."""
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    if schedule is not None:
+        optim.update(lr=schedule.lr, steps=schedule.lr_steps, warmup_iters=schedule.warmup_iters)
+    return DetectorModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        roi=OmegaConf.to_container(cfg.roi, resolve=True),
+        classes=classes,
+        image_min_size=cfg.data.image_min_size,
+        image_max_size=cfg.data.image_max_size,
+        optim=optim,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -113,7 +135,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 def _check_resumable(ckpt_path: str, cfg: DictConfig) -> int:
     """Loads the checkpoint's metadata safely, warns about config changes; returns its global step."""
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
-    saved = _flatten(checkpoint.get("hyper_parameters", {}).get("cfg", {}))
+    hparams = checkpoint.get("hyper_parameters", {})
+    saved = _flatten(hparams.get("run_config") or hparams.get("cfg") or {})  # format 2 or 1
     current = _flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(
         key

@@ -34,17 +34,15 @@ class RoIHeads(nn.Module):
         box_coder: BoxCoder,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
+        min_box_size: float = 1e-2,
         detections_per_img: int = 100,
     ) -> None:
         super().__init__()
         self.box_extractor, self.box_head, self.box_predictor = box_extractor, box_head, box_predictor
         self.mask_extractor, self.mask_head, self.mask_predictor = mask_extractor, mask_head, mask_predictor
         self.sampler, self.box_coder = sampler, box_coder
-        self.score_thresh, self.nms_thresh, self.detections_per_img = (
-            score_thresh,
-            nms_thresh,
-            detections_per_img,
-        )
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.min_box_size, self.detections_per_img = min_box_size, detections_per_img
 
     def forward(
         self,
@@ -101,6 +99,7 @@ class RoIHeads(nn.Module):
             self.score_thresh,
             self.nms_thresh,
             self.detections_per_img,
+            self.min_box_size,
         )
         mask_logits = self._mask_logits(features, [d["boxes"] for d in detections])
         masks = mask_probabilities(mask_logits, torch.cat([d["labels"] for d in detections]))

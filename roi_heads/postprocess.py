@@ -19,8 +19,12 @@ def detect_boxes(
     score_thresh: float,
     nms_thresh: float,
     detections_per_img: int,
+    min_box_size: float = 1e-2,
 ) -> list[dict[str, Tensor]]:
     """class_logits [R, K+1], box_regression [R, (K+1)*4] -> N dicts: boxes [D, 4], scores [D], labels [D].
+
+    Keeps per class the boxes scoring above score_thresh with sides of at least min_box_size px, NMS at
+    nms_thresh, then the detections_per_img best.
 
     Boxes and scores come out in float32 (float64 for float64 input) even when the heads ran under autocast.
     """
@@ -37,7 +41,7 @@ def detect_boxes(
         scores = scores[:, 1:].reshape(-1)
         keep = torch.nonzero(scores > score_thresh).squeeze(1)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = remove_small_boxes(boxes, min_size=1e-2)
+        keep = remove_small_boxes(boxes, min_size=min_box_size)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
         results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})

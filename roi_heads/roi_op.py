@@ -25,6 +25,7 @@ class RoIOp(nn.Module):
         sampling_ratio: bilinear samples per bin side; <= 0 means adaptive (align and warp only).
         impl: "ours" (the `ops` package) or "torchvision" (torchvision.ops, where it has the op), for
             end-to-end parity checks.
+        name: the variant's name (the `roi=` option a config instantiates this from), shown in the repr.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class RoIOp(nn.Module):
         aligned: bool = True,
         sampling_ratio: int = 2,
         impl: str = "ours",
+        name: str | None = None,
     ) -> None:
         super().__init__()
         _check_choice("roi.kind", kind, KINDS)
@@ -45,7 +47,7 @@ class RoIOp(nn.Module):
                 "torchvision.ops only has avg RoIAlign and RoIPool. Use roi.impl=ours."
             )
         self.kind, self.pool_mode, self.aligned = kind, pool_mode, aligned
-        self.sampling_ratio, self.impl = sampling_ratio, impl
+        self.sampling_ratio, self.impl, self.name = sampling_ratio, impl, name
 
     # Our rois come from our own proposals and boxes (valid batch indices by construction), so the ops'
     # value checks, a host sync per call on the GPU, are skipped (validate=False).
@@ -103,7 +105,8 @@ class RoIOp(nn.Module):
         )
         if self.kind == "align":
             extra += f", aligned={self.aligned}"
-        return f"kind={self.kind}{extra}, impl={self.impl}"
+        name = f"name={self.name}, " if self.name else ""
+        return f"{name}kind={self.kind}{extra}, impl={self.impl}"
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

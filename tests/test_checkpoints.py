@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from maskrcnn.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint
-from maskrcnn.evaluating import evaluate
+from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.training import _check_resumable, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,31 +6,33 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 from maskrcnn.analysis import compare_predictions
 from maskrcnn.analysis.trained_run import load_run
-from maskrcnn.lit import MaskRCNNModule
+from maskrcnn.lightning_module import CHECKPOINT_FORMAT
+from maskrcnn.training import build_module
 from maskrcnn.viz import draw_prediction, draw_truth
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def _make_run(root, roi, data_dir):
-    """A run dir with checkpoints/last.ckpt as MaskRCNNModule's checkpoints hold it (cfg + `model.` weights),
-    untrained; the tiny shapes val set of experiment=smoke is generated into data_dir."""
+    """A run dir with checkpoints/last.ckpt as train.py's checkpoints hold it (DetectorModule's arguments +
+    its weights), untrained; the tiny shapes val set of experiment=smoke is generated into data_dir."""
     run = root / f"smoke_{roi}_s0"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", ["experiment=smoke", f"roi={roi}", f"paths.data_dir={data_dir}",
                                 f"paths.output_dir={run}", "model.roi_heads.detections_per_img=5"])  # fast pasting
-    instantiate(cfg.data.module).prepare_data()
-    container = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data.module)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     torch.manual_seed(0)  # the same initial weights for both runs: only their RoI op differs
-    module = MaskRCNNModule(container)
+    module = build_module(cfg, datamodule.classes)
     (run / "checkpoints").mkdir(parents=True)
-    torch.save({"hyper_parameters": {"cfg": container}, "state_dict": module.state_dict()},
-               run / "checkpoints" / "last.ckpt")
+    checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                  "checkpoint_format": CHECKPOINT_FORMAT}
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
     return run, module
 
 

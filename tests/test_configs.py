@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from maskrcnn.model import build_model
+from maskrcnn.builders import build_model
 from roi_heads import RoIOp
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,8 +18,9 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("roi", _options("roi"))
 def test_roi_options_build_their_op(compose_cfg, roi):
     cfg = compose_cfg("train", [f"roi={roi}"])
-    op = RoIOp(cfg.roi.kind, cfg.roi.pool_mode, cfg.roi.aligned, cfg.roi.sampling_ratio, cfg.roi.impl)
-    assert cfg.roi.name == roi
+    op = instantiate(cfg.roi)
+    assert isinstance(op, RoIOp)
+    assert cfg.roi.name == roi == op.name
     assert op.kind == cfg.roi.kind
 
 
@@ -35,9 +36,7 @@ def test_runs_of_a_roi_impl_sweep_get_their_own_names(compose_cfg):
 @pytest.mark.parametrize("model", _options("model"))
 def test_model_options_build(compose_cfg, model):
     cfg = compose_cfg("train", [f"model={model}"])
-    net = build_model(
-        cfg.model, cfg.roi, cfg.data.num_classes, cfg.data.image_min_size, cfg.data.image_max_size
-    )
+    net = build_model(cfg.model, cfg.roi, 6, cfg.data.image_min_size, cfg.data.image_max_size)
     assert cfg.model.name == model
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) > 1_000_000
 
@@ -48,7 +47,7 @@ def test_data_options_instantiate(compose_cfg, data, tmp_path, monkeypatch):
     cfg = compose_cfg("train", [f"data={data}", f"paths.data_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
     module = instantiate(cfg.data.module)
     assert module.__class__.__name__ == "InstanceDataModule"
-    assert cfg.data.num_classes > 0
+    assert module.classes is None, "the classes come from the training annotations, not from a config"
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

@@ -7,9 +7,9 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from maskrcnn.coco_eval import CocoEvaluator, detections_to_coco, gather_and_dedupe
 from maskrcnn.data.coco import CocoInstances
 from maskrcnn.data.shapes import ensure_shapes_dataset
-from maskrcnn.evaluation import CocoEvaluator, detections_to_coco, gather_and_dedupe
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ the extractor, and the detections, with a float32 decode of the very deltas the 
 import pytest
 import torch
 
-from maskrcnn.model import build_model
+from maskrcnn.builders import build_model
 from roi_heads.box_coder import Float32BoxCoder
 from roi_heads.postprocess import detect_boxes
 
@@ -72,7 +72,7 @@ def test_rois_and_detections_are_the_float32_decode_under_bf16_autocast(model, m
     heads = model.roi_heads
     expected = detect_boxes(
         class_logits, box_regression, proposals, batch.image_sizes, Float32BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
-        heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img, heads.min_box_size,
     )
     expected = model.transform.postprocess(expected, batch.image_sizes, [img.shape[-2:] for img in images])
     assert sum(len(d["boxes"]) for d in detections) > 0

@@ -8,14 +8,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from maskrcnn import nonfinite
+from maskrcnn.callbacks import nonfinite
+from maskrcnn.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError
 from maskrcnn.data.datamodule import collate
-from maskrcnn.lit import MaskRCNNModule
-from maskrcnn.nonfinite import NonFiniteLossError
+from maskrcnn.lightning_module import DetectorModule
+from maskrcnn.training import build_module
 
 
 class PoisonedImages(Dataset):
@@ -54,18 +54,17 @@ def smoke(tmp_path_factory):
     datamodule = instantiate(cfg.data.module)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    return OmegaConf.to_container(cfg, resolve=True), datamodule.train_dataset
+    return cfg, datamodule.train_dataset
 
 
-def _fit(smoke, policy: str) -> tuple[MaskRCNNModule, StateAfterEachStep]:
+def _fit(smoke, policy: str) -> tuple[DetectorModule, NonFiniteGuard, StateAfterEachStep]:
     """Trains 3 steps of 2 images; the images of the second batch are poisoned."""
     cfg, dataset = smoke
-    cfg = {**cfg, "train": {**cfg["train"], "nonfinite": policy}}
     batches = [[0, 1], [2, 3], [4, 5]]
     poisoned = {int(dataset.image_ids[i]) for i in batches[1]}
     loader = DataLoader(PoisonedImages(dataset, poisoned), batch_sampler=batches, collate_fn=collate)
     pl.seed_everything(0)
-    module, states = MaskRCNNModule(cfg), StateAfterEachStep()
+    module, guard, states = build_module(cfg, dataset.classes), NonFiniteGuard(policy), StateAfterEachStep()
     trainer = pl.Trainer(
         max_steps=len(batches),
         accelerator="cpu",
@@ -74,10 +73,10 @@ def _fit(smoke, policy: str) -> tuple[MaskRCNNModule, StateAfterEachStep]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[states],
+        callbacks=[guard, states],
     )
     trainer.fit(module, train_dataloaders=loader)
-    return module, states
+    return module, guard, states
 
 
 def _all_finite(state: dict[str, torch.Tensor]) -> bool:
@@ -97,8 +96,8 @@ def test_abort_names_the_step_losses_and_images(smoke):
 
 
 def test_skip_leaves_weights_and_batchnorm_statistics_untouched_and_goes_on(smoke):
-    module, states = _fit(smoke, "skip")
-    assert module.skipped_steps == 1 and module.global_step == 3
+    module, guard, states = _fit(smoke, "skip")
+    assert guard.skipped_steps == 1 and module.global_step == 3
     assert len(states.states) == 3 and all(_all_finite(s) for s in states.states)
     before, after_poison, after_next = states.states
     for name, tensor in before.items():

@@ -10,9 +10,9 @@ trainings therefore drift apart like two seeds.)
 import pytest
 import torch
 
+from maskrcnn.builders import build_model
 from maskrcnn.data.coco import CocoInstances
 from maskrcnn.data.shapes import ensure_shapes_dataset
-from maskrcnn.model import build_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
-from maskrcnn.model import build_model
+from maskrcnn.builders import build_model
 from maskrcnn.torchvision_weights import rename_torchvision_keys
 from roi_heads.postprocess import detect_boxes, mask_probabilities
 
@@ -106,7 +106,7 @@ def test_stages_match_torchvision(compose_cfg, torchvision_model, images, impl):
         boxes, scores, labels = tv_heads.postprocess_detections(logits, deltas, proposals, sizes)
         ours_detected = detect_boxes(
             logits, deltas, proposals, sizes, our_heads.box_coder,
-            our_heads.score_thresh, our_heads.nms_thresh, our_heads.detections_per_img,
+            our_heads.score_thresh, our_heads.nms_thresh, our_heads.detections_per_img, our_heads.min_box_size,
         )  # fmt: skip
         for key, theirs in (("boxes", boxes), ("scores", scores), ("labels", labels)):
             _check(f"detections {key}", [d[key] for d in ours_detected], theirs, exact=True)

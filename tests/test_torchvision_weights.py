@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from maskrcnn.evaluating import evaluate
+from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.torchvision_weights import coco_classes, convert
 
 SIZE = 224

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from maskrcnn.evaluating import evaluate
+from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.training import train
 
 REPO = Path(__file__).resolve().parents[1]

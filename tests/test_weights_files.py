@@ -9,7 +9,7 @@ import torchvision
 from maskrcnn.backbones import build_resnet
 from maskrcnn.checkpoints import CheckpointError
 from maskrcnn.data.coco import DatasetNotFoundError
-from maskrcnn.evaluating import evaluate
+from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.torchvision_weights import convert
 from maskrcnn.training import train
 

@@ -86,6 +86,8 @@ class CocoInstances(torch.utils.data.Dataset):
     Annotations with a zero-area or negative box are dropped with one warning naming their ids.
     ``filter_empty``: leave out images without a non-crowd annotation (for training, as torchvision's and
     detectron2's COCO loaders do).
+    ``classes``: the model's classes, ``[{"id", "name"}]`` for labels 1..K; the file's categories must be among
+    them (a validation set scored by a model trained elsewhere). None: the file's categories in id order.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class CocoInstances(torch.utils.data.Dataset):
         annotation_file: str | os.PathLike,
         on_bad_image: str = "error",
         filter_empty: bool = False,
+        classes: list[dict] | None = None,
     ) -> None:
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -103,15 +106,25 @@ class CocoInstances(torch.utils.data.Dataset):
         self.filter_empty = filter_empty
         if not self.images_dir.is_dir():
             raise DatasetNotFoundError(dataset_not_found_message("image directory", self.images_dir))
-        self._load(load_json(self.annotation_file))
+        self._load(load_json(self.annotation_file), classes)
 
-    def _load(self, data: dict) -> None:
+    def _load(self, data: dict, classes: list[dict] | None) -> None:
         path = self.annotation_file
         for key in ("images", "categories"):
             if key not in data:
                 raise BadDataError(f"{path}: missing top-level key '{key}'")
-        cats = sorted(data["categories"], key=lambda c: c["id"])
-        self.category_id_to_contiguous = {int(c["id"]): k + 1 for k, c in enumerate(cats)}
+        cats = sorted(({"id": int(c["id"]), "name": c["name"]} for c in data["categories"]), key=lambda c: c["id"])
+        if classes is not None:
+            known = {int(c["id"]) for c in classes}
+            unknown = sorted(c["id"] for c in cats if c["id"] not in known)
+            if unknown:
+                raise BadDataError(
+                    f"{path}: category ids {unknown[:20]} are not among the model's {len(known)} classes "
+                    f"(ids {sorted(known)[:20]}{' ...' if len(known) > 20 else ''})"
+                )
+            cats = [{"id": int(c["id"]), "name": c["name"]} for c in classes]
+        self.classes = cats  # labels 1..K: {"id": category id, "name"}
+        self.category_id_to_contiguous = {c["id"]: k + 1 for k, c in enumerate(cats)}
         self.contiguous_to_category_id = {k: cid for cid, k in self.category_id_to_contiguous.items()}
         self.category_names = [c["name"] for c in cats]  # index k-1 for contiguous label k
 

@@ -33,6 +33,8 @@ class InstanceDataModule(pl.LightningDataModule):
         shapes: generation parameters of the shapes dataset (`ensure_shapes_dataset`'s keywords plus `root`).
         flip_prob: horizontal-flip probability in training. seed: batch order and augmentation seed.
         filter_empty: train only on images with at least one non-crowd annotation (as the references do).
+        classes: the model's classes ([{"id", "name"}] for labels 1..K). None: the training annotations'
+            categories (after setup("fit"), in `classes`); validation labels use the same classes.
 
     Validation batches hold images of one size only: the detector pads a batch to its largest image, and the
     padding would change the features, so the metrics would depend on the batch size (torchvision's reference
@@ -53,6 +55,7 @@ class InstanceDataModule(pl.LightningDataModule):
         flip_prob: float = 0.5,
         seed: int = 0,
         filter_empty: bool = False,
+        classes: list[dict] | None = None,
     ) -> None:
         super().__init__()
         self.paths = {
@@ -63,7 +66,7 @@ class InstanceDataModule(pl.LightningDataModule):
         }
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.on_bad_image, self.shapes, self.flip_prob, self.seed = on_bad_image, shapes, flip_prob, seed
-        self.filter_empty = filter_empty
+        self.filter_empty, self.classes = filter_empty, classes
         self.train_dataset: CocoInstances | None = None
         self.val_dataset: CocoInstances | None = None
 
@@ -82,10 +85,17 @@ class InstanceDataModule(pl.LightningDataModule):
         self.check_paths(stage)
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = CocoInstances(
-                self.paths["train images"], self.paths["train annotations"], self.on_bad_image, self.filter_empty
+                self.paths["train images"],
+                self.paths["train annotations"],
+                self.on_bad_image,
+                self.filter_empty,
+                self.classes,
             )
+            self.classes = self.train_dataset.classes
         if self.val_dataset is None:
-            self.val_dataset = CocoInstances(self.paths["val images"], self.paths["val annotations"], self.on_bad_image)
+            self.val_dataset = CocoInstances(
+                self.paths["val images"], self.paths["val annotations"], self.on_bad_image, classes=self.classes
+            )
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:

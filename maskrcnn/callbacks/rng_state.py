@@ -1,7 +1,4 @@
-"""The global RNG states a checkpoint carries, so that a resumed run draws what a straight run would.
-
-Only tensors and plain Python values: the checkpoint must stay loadable with torch.load(weights_only=True).
-"""
+"""Every rank's RNG states in the checkpoint, so that a resumed run draws what a straight run would."""
 
 from __future__ import annotations
 
@@ -9,7 +6,26 @@ import random
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+
+from maskrcnn.distributed import all_gather_objects
+
+
+class RNGStates(pl.Callback):
+    """Saves each rank's torch (CPU and CUDA), numpy and Python RNG states under "rng_states" (one entry per
+    rank) and restores a rank's own on resume. Tensors and plain values only: the checkpoint stays loadable
+    with torch.load(weights_only=True)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # Every rank dumps the checkpoint (rank 0 writes it), so this collective runs on all ranks.
+        checkpoint["rng_states"] = all_gather_objects(capture_rng_state())
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            rank = trainer.global_rank
+            restore_rng_state(states[rank] if rank < len(states) else states[0])
 
 
 def capture_rng_state() -> dict[str, Any]:
