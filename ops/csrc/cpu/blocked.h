@@ -109,7 +109,10 @@ void backward(const scalar_t* g, const int32_t* am, const std::vector<scalar_t*>
         continue;
       }
       scalar_t* d = grads[l] + n * HW * C + c0;
-      for (int64_t px = 0; px < HW; ++px) std::transform(a + px * nc, a + (px + 1) * nc, d + px * C, to<scalar_t, T>);
+      for (int64_t px = 0; px < HW; ++px) {
+        __builtin_prefetch(d + (px + 16) * C, 1);
+        std::transform(a + px * nc, a + (px + 1) * nc, d + px * C, to<scalar_t, T>);
+      }
     }
   });
   TORCH_CHECK(!bad_argmax.load(), bad_argmax_message);
