@@ -1,47 +1,60 @@
-"""Benchmark our RoI ops against torchvision.ops on a Mask R-CNN FPN-like workload.
+"""Benchmark our RoI ops against torchvision.ops on a Mask R-CNN FPN-like workload, NCHW and channels_last.
 
 Workload: 2 images of 800x1088, 256 channels, FPN maps at strides 4/8/16/32, 512 random realistic boxes per
 image mapped to levels with floor(4 + log2(sqrt(area) / 224) + eps) clamped to [2, 5]. Outputs 7x7 (box
-head) and 14x14 (mask head). Three ways to pool it:
+head) and 14x14 (mask head). Three ways to pool it, each on NCHW maps and on channels_last maps:
 
 * ours / tv: one op call per level on rois already grouped by level (as MultiScaleRoIAlign does, minus the
   cost of its grouping, which neither side pays here). Ours runs with ``validate=False``, as the detector
   calls it: the box-value check reads the boxes back to the host (a sync per call on a GPU), and torchvision
-  does not check them either;
+  does not check them either. torchvision's CPU kernels make channels_last input contiguous first;
 * fused: one ``ops.multilevel_roi`` call for all levels, rois in their original order with a level per RoI.
 
-    python -m bench.roi_ops --device cpu --dtype float32 --repeat 3
+    python -m bench.roi_ops --device cpu --repeat 5 --note "machine shared with a training job"
+    python -m bench.roi_ops --device cpu --nchw-kernels      # which CPU kernels win on NCHW maps, and where
 
-Prints a table (ms, speed-up = torchvision / ours) and writes bench/results/roi_ops_<device>.json
-(roi_ops_<device>_<dtype>.json for dtypes other than float32). Boxes are float32 for bfloat16 features
-(as under autocast; ``ops`` uses them in float32) and in the feature dtype for torchvision, which needs that.
+Timing: every round times each way once, forward then forward + backward, one after the other (interleaved),
+so a slow spell of a shared machine hits all of them; the first round only warms up. Reported: medians over
+the rounds and their spread (min, max), and the speed-up torchvision / ours as the median of the per-round
+ratios. Our ops run on torch's intra-op threads (``--threads``, default torch's), torchvision's CPU kernels on
+one thread.
 
-Memory bandwidth: these ops are memory-bound, so each row also gives the effective bandwidth of our fused
-call as a fraction of the device's measured copy bandwidth (``x.copy_(y)`` of 256 MiB, read + write). The
-traffic counted is the compulsory one: forward reads every feature map once and writes the output; backward
-reads the output gradient and writes the input gradient of every map. A fraction near 1 means the op is at
-the physical limit; gathers from a feature map read more than the compulsory bytes, so it stays below.
+Memory bandwidth: each round also times a copy (``x.copy_(y)`` of 256 MiB, read + write), and the fused rows give
+the effective bandwidth of the fused call as a fraction of that round's copy bandwidth. The traffic counted is
+the compulsory one: forward reads every feature map once and writes the output; backward reads the output
+gradient and writes the input gradient of every map. A fraction near 1 means the op is at the physical limit.
+
+``--nchw-kernels`` times the fused call on NCHW maps with each of the two CPU kernels for that layout
+(``ROI_OPS_NCHW_KERNEL=planes|blocked``, see ops/csrc/cpu/layout.h) against the automatic choice, over RoI counts
+from sparse to dense, and on the mask-target crop (1 channel).
+
+Writes bench/results/roi_ops_<device>_<machine>.json (``_<dtype>`` added for dtypes other than float32): one file
+per machine, with the CPU model, vector ISA, thread count and load averages in it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import math
 import os
 import platform
+import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torchvision
 
 import ops
+from bench.report import write_json
 
 STRIDES = (4, 8, 16, 32)
 IMAGE_HW = (800, 1088)
 RESULTS = Path(__file__).resolve().parent / "results"
+LAYOUTS = ("nchw", "channels_last")
 
 
 def make_workload(device, dtype, channels=256, images=2, rois_per_image=512, seed=0):
@@ -67,6 +80,11 @@ def make_workload(device, dtype, channels=256, images=2, rois_per_image=512, see
     lvl = torch.floor(4 + torch.log2(area.clamp(min=1e-6).sqrt() / 224) + 1e-6).clamp(2, 5).long() - 2
     per_level = [rois[lvl == i].to(device=device) for i in range(len(STRIDES))]
     return feats, per_level, rois.to(device), lvl.to(device)
+
+
+def in_layout(feats, layout):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return [f.contiguous(memory_format=fmt) for f in feats]
 
 
 def per_level_calls(fn, feats, per_level):
@@ -135,29 +153,95 @@ def cases():
         )
 
 
+class Way:
+    """One way to pool the workload: ``call(feats)`` -> list of outputs; forward and forward + backward."""
+
+    def __init__(self, call: Callable, feats: list[torch.Tensor], device: torch.device, env: dict | None = None):
+        self.call, self.feats, self.device, self.env = call, feats, device, env or {}
+        self.leaves = [f.detach().requires_grad_() for f in feats]
+        with self._environment():
+            self.grads = [torch.randn_like(o) for o in call(self.leaves)]
+
+    @contextlib.contextmanager
+    def _environment(self):
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def forward(self):
+        self.call(self.feats)
+
+    def forward_backward(self):
+        for f in self.leaves:
+            f.grad = None
+        torch.autograd.backward(self.call(self.leaves), self.grads)
+
+    def time(self) -> tuple[float, float]:
+        """ms of one forward and of one forward + backward."""
+        with self._environment():
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.forward()
+            sync(self.device)
+            t1 = time.perf_counter()
+            self.forward_backward()
+            sync(self.device)
+            return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+
 def measure(call, feats, device, repeat):
     """Median ms of ``call(feats)`` (a list of outputs), forward and forward + backward."""
-    fwd = time_it(lambda: call(feats), device, repeat)
-    leaves = [f.detach().requires_grad_() for f in feats]
-    grads = [torch.randn_like(o) for o in call(leaves)]
+    way = Way(call, feats, device)
+    way.time()  # warm-up
+    times = [way.time() for _ in range(repeat)]
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
-    def fwd_bwd():
-        for f in leaves:
-            f.grad = None
-        torch.autograd.backward(call(leaves), grads)
 
-    return fwd, time_it(fwd_bwd, device, repeat)
+def interleaved(ways: dict[str, Way], rounds: int, copy: Callable[[], float] | None = None) -> dict:
+    """Per way and part (fwd, fwd_bwd): the ms of every round after the first (warm-up), and the copy GB/s."""
+    times = {(name, part): [] for name in ways for part in ("fwd", "fwd_bwd")}
+    copies = []
+    for r in range(rounds + 1):
+        if copy is not None:
+            gbs = copy()
+        for name, way in ways.items():
+            f, fb = way.time()
+            if r > 0:
+                times[name, "fwd"].append(f)
+                times[name, "fwd_bwd"].append(fb)
+        if r > 0 and copy is not None:
+            copies.append(gbs)
+    return {"times": times, "copy_gb_s": copies}
+
+
+def spread(ts: list[float]) -> dict:
+    return {"median": statistics.median(ts), "min": min(ts), "max": max(ts)}
+
+
+def ratio(num: list[float], den: list[float]) -> dict:
+    """num / den per round: median and spread."""
+    return spread([a / b for a, b in zip(num, den, strict=True)])
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
 
 
 def machine(device):
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": os.getloadavg(),
@@ -168,81 +252,149 @@ def machine(device):
     }
 
 
+def machine_slug(info: dict) -> str:
+    name = info["gpu"] or info["cpu_model"]
+    name = re.sub(r"\((r|tm)\)|processor|cpu|@.*", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+def compare(device, dtype, rounds) -> list[dict]:
+    """Every case on both layouts: ours / torchvision / fused, interleaved, with the copy bandwidth per round."""
+    base, per_level, rois, levels = make_workload(device, dtype)
+    src = torch.empty(256 << 20, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+
+    def copy():
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        return 2 * src.numel() / (time.perf_counter() - t0) / 1e9
+
+    header = (
+        f"{'case':30s} {'layout':13s} {'ours fwd':>9s} {'tv fwd':>9s} {'x':>5s} {'ours f+b':>9s} {'tv f+b':>9s}"
+        f" {'x':>5s} {'fused fwd':>9s} {'fused f+b':>9s} {'bw fwd':>6s} {'bw f+b':>6s}"
+    )
+    print(header + "\n" + "-" * len(header))
+    rows = []
+    for name, out, ours, tv, fused in cases():
+        for layout in LAYOUTS:
+            feats = in_layout(base, layout)
+            ways = {
+                "ours": Way(lambda fs, fn=ours: per_level_calls(fn, fs, per_level), feats, device),
+                "tv": Way(lambda fs, fn=tv: per_level_calls(fn, fs, per_level), feats, device),
+                "fused": Way(lambda fs, fn=fused: fn(fs, rois, levels), feats, device),
+            }
+            run = interleaved(ways, rounds, copy)
+            t = run["times"]
+            fwd_bytes, fwd_bwd_bytes = compulsory_bytes(feats, rois, out)
+            gbs = run["copy_gb_s"]
+            row = {"case": name, "layout": layout, "load_average": os.getloadavg()}
+            for way in ways:
+                for part in ("fwd", "fwd_bwd"):
+                    row[f"{way}_{part}_ms"] = spread(t[way, part])
+            for part in ("fwd", "fwd_bwd"):
+                row[f"speedup_{part}"] = ratio(t["tv", part], t["ours", part])
+            row["copy_bandwidth_gb_s"] = spread(gbs)
+            for part, nbytes in (("fwd", fwd_bytes), ("fwd_bwd", fwd_bwd_bytes)):
+                row[f"fused_{part}_bandwidth_fraction"] = spread(
+                    [nbytes / (ms * 1e-3) / 1e9 / bw for ms, bw in zip(t["fused", part], gbs, strict=True)]
+                )
+            rows.append(row)
+            med = {k: v["median"] for k, v in row.items() if isinstance(v, dict)}
+            print(
+                f"{name:30s} {layout:13s} {med['ours_fwd_ms']:9.1f} {med['tv_fwd_ms']:9.1f} {med['speedup_fwd']:5.2f}"
+                f" {med['ours_fwd_bwd_ms']:9.1f} {med['tv_fwd_bwd_ms']:9.1f} {med['speedup_fwd_bwd']:5.2f}"
+                f" {med['fused_fwd_ms']:9.1f} {med['fused_fwd_bwd_ms']:9.1f}"
+                f" {med['fused_fwd_bandwidth_fraction']:6.3f} {med['fused_fwd_bwd_bandwidth_fraction']:6.3f}",
+                flush=True,
+            )
+    return rows
+
+
+def nchw_kernels(device, dtype, rounds) -> list[dict]:
+    """The fused RoIAlign 7x7 / RoIPool 7x7 call on NCHW maps with each CPU kernel, sparse to dense rois, and the
+    mask-target crop (one channel): where does each kernel win, and what does the automatic choice pick?"""
+    rows = []
+    feats, _, rois, levels = make_workload(device, dtype)
+    pixels = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in feats)
+    workloads = []
+    for count in (16, 64, 256, 1024):
+        pick = torch.randperm(rois.shape[0], generator=torch.Generator().manual_seed(count))[:count]
+        for kind in ("align", "pool"):
+            call = fused_call(kind, 7, 2)
+            workloads.append(
+                (f"{kind} 7x7, {count} rois, C=256", count * 49 / pixels, feats,
+                 lambda fs, call=call, r=rois[pick], lv=levels[pick]: call(fs, r, lv))
+            )
+    g = torch.Generator().manual_seed(1)
+    masks = (torch.rand(10, 1, 256, 256, generator=g) > 0.5).to(dtype)  # 10 GT masks of a 256 px image
+    boxes = torch.rand(64, 2, generator=g) * 200
+    crop_rois = torch.cat([torch.randint(0, 10, (64, 1), generator=g).to(dtype), boxes, boxes + 40], 1)
+    workloads.append(
+        ("mask-target crop 28x28, 64 rois, C=1", 64 * 784 / (10 * 256 * 256), [masks],
+         lambda fs: [ops.roi_align(fs[0], crop_rois, 28, 1.0, 0, True, validate=False)])
+    )
+    for name, bins_per_pixel, fs, call in workloads:
+        ways = {k: Way(call, fs, device, {"ROI_OPS_NCHW_KERNEL": k}) for k in ("auto", "planes", "blocked")}
+        t = interleaved(ways, rounds)["times"]
+        row = {"workload": name, "bins_per_pixel": bins_per_pixel, "load_average": os.getloadavg()}
+        for way in ways:
+            for part in ("fwd", "fwd_bwd"):
+                row[f"{way}_{part}_ms"] = spread(t[way, part])
+        for part in ("fwd", "fwd_bwd"):
+            row[f"planes_over_blocked_{part}"] = ratio(t["planes", part], t["blocked", part])
+        rows.append(row)
+        print(
+            f"{name:38s} bins/px {bins_per_pixel:6.3f}  fwd planes / blocked"
+            f" {row['planes_over_blocked_fwd']['median']:5.2f}  f+b {row['planes_over_blocked_fwd_bwd']['median']:5.2f}"
+            f"  auto f+b {row['auto_fwd_bwd_ms']['median']:8.1f} ms",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/roi_ops_<device>.json)")
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--nchw-kernels", action="store_true", help="compare the CPU kernels for NCHW maps instead")
+    p.add_argument("--note", default="", help="free text stored in the JSON, e.g. what else ran on the machine")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/roi_ops_<device>_<machine>.json)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     info = machine(device)
-    feats, per_level, rois, levels = make_workload(device, dtype)
-    rois_per_level = [int(r.shape[0]) for r in per_level]
-    copy_gbs = copy_bandwidth(device, args.repeat)
-    print(f"device={device} dtype={args.dtype} repeat={args.repeat} rois per level (P2..P5)={rois_per_level}")
     print(
-        f"machine: {info['cpu_model']}, {info['cpu_cores']} cores, torch {info['torch']}, "
-        f"load avg {info['load_average_at_start'][0]:.2f}" + (f", GPU {info['gpu']}" if info["gpu"] else "")
+        f"device={device} dtype={args.dtype} rounds={args.repeat}; machine: {info['cpu_model']} "
+        f"({info['cpu_capability']}), {info['cpu_cores']} cores, {info['torch_threads']} threads, "
+        f"torch {info['torch']}, load avg {info['load_average_at_start'][0]:.2f}"
+        + (f", GPU {info['gpu']}" if info["gpu"] else "")
     )
-    print(f"measured copy bandwidth: {copy_gbs:.1f} GB/s")
-    header = (
-        f"{'case':30s} {'ours fwd':>9s} {'tv fwd':>9s} {'x':>5s} {'ours f+b':>9s} {'tv f+b':>9s} {'x':>5s}"
-        f" {'fused fwd':>9s} {'fused f+b':>9s} {'bw f+b':>6s}"
-    )
-    print(header)
-    print("-" * len(header))
-    rows = []
-    for name, out, ours, tv, fused in cases():
-        o_f, o_fb = measure(lambda fs, fn=ours: per_level_calls(fn, fs, per_level), feats, device, args.repeat)
-        try:
-            t_f, t_fb = measure(lambda fs, fn=tv: per_level_calls(fn, fs, per_level), feats, device, args.repeat)
-        except RuntimeError as exc:  # e.g. a dtype torchvision does not support on this device
-            print(f"{name}: torchvision failed: {str(exc).splitlines()[0]}")
-            t_f = t_fb = float("nan")
-        f_f, f_fb = measure(lambda fs, fn=fused: fn(fs, rois, levels), feats, device, args.repeat)
-        fwd_bytes, fwd_bwd_bytes = compulsory_bytes(feats, rois, out)
-        row = {
-            "case": name,
-            "ours_fwd_ms": o_f,
-            "tv_fwd_ms": t_f,
-            "speedup_fwd": t_f / o_f,
-            "ours_fwd_bwd_ms": o_fb,
-            "tv_fwd_bwd_ms": t_fb,
-            "speedup_fwd_bwd": t_fb / o_fb,
-            "fused_fwd_ms": f_f,
-            "fused_fwd_bwd_ms": f_fb,
-            "fused_fwd_bandwidth_fraction": fwd_bytes / (f_f * 1e-3) / 1e9 / copy_gbs,
-            "fused_fwd_bwd_bandwidth_fraction": fwd_bwd_bytes / (f_fb * 1e-3) / 1e9 / copy_gbs,
-        }
-        rows.append(row)
-        print(
-            f"{name:30s} {o_f:9.1f} {t_f:9.1f} {t_f / o_f:5.2f} {o_fb:9.1f} {t_fb:9.1f} {t_fb / o_fb:5.2f}"
-            f" {f_f:9.1f} {f_fb:9.1f} {row['fused_fwd_bwd_bandwidth_fraction']:6.3f}"
-        )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
-    out = Path(args.out) if args.out else RESULTS / f"roi_ops_{args.device}{suffix}.json"
-    info["load_average_at_end"] = os.getloadavg()
-    result = {
-        "device": args.device,
-        "dtype": args.dtype,
-        "repeat": args.repeat,
-        "machine": info,
-        "copy_bandwidth_gb_s": copy_gbs,
-        "workload": {
+    record = {"device": args.device, "dtype": args.dtype, "repeat": args.repeat, "note": args.note, "machine": info}
+    if args.nchw_kernels:
+        record["nchw_kernels"] = nchw_kernels(device, dtype, args.repeat)
+        default = f"roi_ops_nchw_kernels_{args.device}_{machine_slug(info)}"
+    else:
+        _, per_level, _, _ = make_workload(device, dtype, channels=1)
+        record["workload"] = {
             "images": 2,
             "channels": 256,
             "image_hw": IMAGE_HW,
             "strides": STRIDES,
             "rois_per_image": 512,
-            "rois_per_level": rois_per_level,
-        },
-        "results": rows,
-    }
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+            "rois_per_level": [int(r.shape[0]) for r in per_level],
+        }
+        record["results"] = compare(device, dtype, args.repeat)
+        default = f"roi_ops_{args.device}_{machine_slug(info)}"
+    info["load_average_at_end"] = os.getloadavg()
+    suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+    write_json(Path(args.out) if args.out else RESULTS / f"{default}{suffix}.json", record)
+    return record
 
 
 if __name__ == "__main__":

@@ -62,18 +62,32 @@ def _(
     sampling_ratio,
     aligned,
     max_mode,
+    channels_last=False,
 ):
     _check_rois_dtype(grad, rois, "grad")
-    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths, strict=True)]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [
+        torch.empty((batch_size, channels, h, w), dtype=grad.dtype, device=grad.device, memory_format=fmt)
+        for h, w in zip(heights, widths, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Autograd: differentiable w.r.t. every feature map (not the boxes or the levels).
+def nhwc_maps(features) -> bool:
+    """The kernels' layout rule (ops/csrc/map_layout.h): channels_last when every map is channels_last and not
+    all of them are also contiguous. The gradients come back in the maps' layout."""
+    return all(f.is_contiguous(memory_format=torch.channels_last) for f in features) and not all(
+        f.is_contiguous() for f in features
+    )
+
+
 def _setup_context(ctx, inputs, output):
     features, rois, levels = inputs[:3]
     ctx.params = inputs[3:]
     heights, widths = [f.shape[2] for f in features], [f.shape[3] for f in features]
     ctx.shapes = (features[0].shape[0], features[0].shape[1], heights, widths)
+    ctx.channels_last = nhwc_maps(features)
     ctx.save_for_backward(rois, levels, output[1])
 
 
@@ -83,7 +97,7 @@ def _backward(ctx, grad_out, grad_argmax):
     batch_size, channels, heights, widths = ctx.shapes
     grads = _ops.multilevel_roi_backward(
         grad_out, rois, levels, argmax, spatial_scales, kind, ph, pw, batch_size, channels, heights, widths,
-        sampling_ratio, aligned, max_mode,
+        sampling_ratio, aligned, max_mode, ctx.channels_last,
     )
     return grads, None, None, None, None, None, None, None, None, None
 

@@ -1,5 +1,6 @@
 """``ops.multilevel_roi``: all pyramid levels in one call, against the single-level ops level by level and
-against the float64 reference. CUDA tests are skipped without a device.
+against the float64 reference. The CPU tests run on each CPU route (the ``layout`` fixture: NCHW maps plane by
+plane or through channel blocks, channels_last maps). CUDA tests are skipped without a device.
 
 Shapes: N images, C channels, L levels of H_l x W_l, K RoIs, output ph x pw.
 """
@@ -27,10 +28,21 @@ CASE_IDS = [f"{k}-{'-'.join(str(v) for v in kw.values())}" for k, kw in CASES]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def make_pyramid(dtype=torch.float32, N=2, C=3, K=40, seed=0, device="cpu"):
+@pytest.fixture(params=["nchw", "nchw_blocked", "channels_last"])
+def layout(request, monkeypatch):
+    """The CPU routes (ops/csrc/cpu/layout.h); the automatic choice for NCHW maps is forced either way."""
+    monkeypatch.setenv("ROI_OPS_NCHW_KERNEL", "blocked" if request.param == "nchw_blocked" else "planes")
+    return request.param
+
+
+def make_pyramid(dtype=torch.float32, N=2, C=3, K=40, seed=0, device="cpu", layout="nchw"):
     """Random pyramid, rois [K, 5] in image coordinates (some partly outside or tiny) and random levels [K]."""
     g = torch.Generator().manual_seed(seed)
-    features = [torch.randn(N, C, h, w, generator=g, dtype=torch.float64).to(dtype) for h, w in SHAPES]
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    features = [
+        torch.randn(N, C, h, w, generator=g, dtype=torch.float64).to(dtype).contiguous(memory_format=fmt)
+        for h, w in SHAPES
+    ]
     xy = torch.rand(K, 2, generator=g, dtype=torch.float64) * torch.tensor([140.0, 110.0]) - 10
     wh = torch.rand(K, 2, generator=g, dtype=torch.float64) * 80
     wh[::7] *= 0.01
@@ -89,9 +101,9 @@ def per_level(kind, kw, rois, levels, fn=single_level):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(("kind", "kw"), CASES, ids=CASE_IDS)
-def test_equals_single_level_ops_bitwise(kind, kw, dtype):
+def test_equals_single_level_ops_bitwise(kind, kw, dtype, layout):
     """Same samples, same per-element summation order (RoIs in ascending order) -> bitwise equal."""
-    features, rois, levels = make_pyramid(dtype)
+    features, rois, levels = make_pyramid(dtype, layout=layout)
     out, grads = forward_backward(fused(kind, kw, rois, levels), features)
     ref_out, ref_grads = forward_backward(per_level(kind, kw, rois, levels), features)
     assert torch.equal(out, ref_out)
@@ -101,8 +113,8 @@ def test_equals_single_level_ops_bitwise(kind, kw, dtype):
 
 
 @pytest.mark.parametrize(("kind", "kw"), CASES, ids=CASE_IDS)
-def test_matches_float64_reference(kind, kw):
-    features, rois, levels = make_pyramid(torch.float64, K=12, C=2)
+def test_matches_float64_reference(kind, kw, layout):
+    features, rois, levels = make_pyramid(torch.float64, K=12, C=2, layout=layout)
     out, grads = forward_backward(fused(kind, kw, rois, levels), features)
     ref_out, ref_grads = forward_backward(per_level(kind, kw, rois, levels, fn=reference), features)
     torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
@@ -110,38 +122,38 @@ def test_matches_float64_reference(kind, kw):
         torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-9)
 
 
-def test_gradcheck():
-    features, rois, levels = make_pyramid(torch.float64, N=1, C=1, K=5)
+def test_gradcheck(layout):
+    features, rois, levels = make_pyramid(torch.float64, N=1, C=2, K=5, layout=layout)
     features = [f[..., :6, :6].detach().clone().requires_grad_() for f in features[:2]]
     fn = lambda *fs: ops.multilevel_roi(list(fs), rois, levels % 2, 2, SCALES[:2], "align", 2, True)  # noqa: E731
     assert torch.autograd.gradcheck(fn, tuple(features))
 
 
 @pytest.mark.parametrize(("kind", "kw"), CASES, ids=CASE_IDS)
-def test_opcheck(kind, kw):
-    features, rois, levels = make_pyramid(torch.float32, K=8)
+def test_opcheck(kind, kw, layout):
+    features, rois, levels = make_pyramid(torch.float32, K=8, layout=layout)
     features = [f.requires_grad_() for f in features]
     max_mode = kw.get("pool_mode") == "max"
     args = (features, rois, levels, SCALES, kind, 3, 2, kw.get("sampling_ratio", 0), kw.get("aligned", True), max_mode)
     torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, args)
 
 
-def test_one_level_is_the_single_level_op():
-    features, rois, _ = make_pyramid(torch.float32)
+def test_one_level_is_the_single_level_op(layout):
+    features, rois, _ = make_pyramid(torch.float32, layout=layout)
     levels = torch.zeros(rois.shape[0], dtype=torch.int64)
     out = ops.multilevel_roi(features[:1], rois, levels, 7, SCALES[:1], "align", 2, True)
     assert torch.equal(out, ops.roi_align(features[0], rois, 7, SCALES[0], 2, True))
 
 
-def test_empty_rois_give_empty_output_and_zero_gradients():
-    features, rois, levels = make_pyramid(torch.float32)
+def test_empty_rois_give_empty_output_and_zero_gradients(layout):
+    features, rois, levels = make_pyramid(torch.float32, layout=layout)
     out, grads = forward_backward(fused("align", CASES[0][1], rois[:0], levels[:0]), features)
     assert out.shape == (0, 3, 5, 4)
     assert all(bool((g == 0).all()) for g in grads)
 
 
-def test_bad_arguments_have_clear_errors():
-    features, rois, levels = make_pyramid(torch.float32)
+def test_bad_arguments_have_clear_errors(layout):
+    features, rois, levels = make_pyramid(torch.float32, layout=layout)
     call = ops.multilevel_roi
     with pytest.raises(ValueError, match="level 4 of RoI row 3 is outside"):
         call(features, rois, levels.index_fill(0, torch.tensor([3]), 4), 7, SCALES)
@@ -159,9 +171,9 @@ def test_bad_arguments_have_clear_errors():
         call(features, rois.index_fill(0, torch.tensor([5]), float("nan")), levels, 7, SCALES)
 
 
-def test_direct_op_call_checks_levels_in_cpp():
+def test_direct_op_call_checks_levels_in_cpp(layout):
     """The raw op (what validate=False reaches) still refuses a bad level on the CPU, naming the row."""
-    features, rois, levels = make_pyramid(torch.float32)
+    features, rois, levels = make_pyramid(torch.float32, layout=layout)
     levels[7] = -1
     with pytest.raises(RuntimeError, match="level -1 of RoI row 7 is outside"):
         torch.ops.roi_ops.multilevel_roi_forward(features, rois, levels, SCALES, "align", 7, 7, 2, True, False)

@@ -1,5 +1,8 @@
 """Tests of ``ops`` (CPU kernels) against torchvision.ops and the float64 reference in ``ops.reference``.
 
+Every op test runs on each CPU route (the ``layout`` fixture): NCHW maps plane by plane, NCHW maps through
+channel blocks, and channels_last maps (see ops/csrc/cpu/layout.h), with the same tolerances.
+
 Shapes: N images, C channels, H x W map, K RoIs, output ph x pw.
 """
 
@@ -15,6 +18,20 @@ import ops
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+# The CPU routes. The automatic choice for NCHW maps depends on the RoI density (and C), so the tests force it.
+LAYOUTS = ["nchw", "nchw_blocked", "channels_last"]
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request, monkeypatch):
+    monkeypatch.setenv("ROI_OPS_NCHW_KERNEL", "blocked" if request.param == "nchw_blocked" else "planes")
+    return request.param
+
+
+def in_layout(x, layout):
+    """x [N, C, H, W] stored channels_last for the channels_last route, contiguous otherwise."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)
 
 
 def make_rois(K, N, H, W, dtype, seed, inverted=True):
@@ -54,19 +71,21 @@ def raw_forward(x, rois, kind, scale, ph, pw, sampling_ratio=0, aligned=True, ma
     return torch.ops.roi_ops.multilevel_roi_forward(*args)
 
 
-def raw_backward(grad, rois, argmax, kind, scale, N, C, H, W, sampling_ratio=0, aligned=True, max_mode=True, pooled=2):
+def raw_backward(
+    grad, rois, argmax, kind, scale, N, C, H, W, sampling_ratio=0, aligned=True, max_mode=True, pooled=2, layout="nchw"
+):
     """The schema's backward on one map [N, C, H, W] and pooled x pooled bins, bypassing the Python checks."""
     ph = pw = pooled
     args = (grad, rois, None, argmax, [scale], kind, ph, pw, N, C, [H], [W], sampling_ratio, aligned, max_mode)
-    return torch.ops.roi_ops.multilevel_roi_backward(*args)[0]
+    return torch.ops.roi_ops.multilevel_roi_backward(*args, channels_last=layout == "channels_last")[0]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Against torchvision
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("aligned", [False, True])
-def test_roi_align_matches_torchvision(dtype, aligned):
-    x = torch.randn(2, 3, 9, 11, dtype=dtype)
+def test_roi_align_matches_torchvision(dtype, aligned, layout):
+    x = in_layout(torch.randn(2, 3, 9, 11, dtype=dtype), layout)
     for sr, scale, size in itertools.product([-1, 0, 1, 2], [1.0, 0.5, 0.3], [(1, 1), (2, 3), (7, 7)]):
         # torchvision's CPU kernel crashes on inverted boxes with aligned=True and adaptive sampling
         rois = make_rois(10, 2, 9, 11, dtype, seed=sr + 7, inverted=not aligned or sr > 0)
@@ -77,8 +96,8 @@ def test_roi_align_matches_torchvision(dtype, aligned):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_roi_pool_matches_torchvision(dtype):
-    x = torch.randn(2, 3, 9, 11, dtype=dtype)
+def test_roi_pool_matches_torchvision(dtype, layout):
+    x = in_layout(torch.randn(2, 3, 9, 11, dtype=dtype), layout)
     for scale, size in itertools.product([1.0, 0.5, 0.3], [(1, 1), (2, 3), (7, 7)]):
         rois = make_rois(12, 2, 9, 11, dtype, seed=3)
         ours = run(ops.roi_pool, x, rois, size, scale)
@@ -88,11 +107,11 @@ def test_roi_pool_matches_torchvision(dtype):
 
 
 @pytest.mark.parametrize("scale", [1 / 4, 1 / 32])
-def test_float32_roi_align_is_as_accurate_as_torchvision(scale):
+def test_float32_roi_align_is_as_accurate_as_torchvision(scale, layout):
     """Against the float64 result, our float32 RoIAlign errs no more than torchvision's, forward and backward
     (the two interpolate in different orders, so they differ from each other by rounding)."""
     # Inputs representable in float32, so only the ops' arithmetic differs from the float64 result.
-    x = (torch.randn(2, 16, 48, 48, generator=torch.Generator().manual_seed(5)) * 3).double()
+    x = in_layout((torch.randn(2, 16, 48, 48, generator=torch.Generator().manual_seed(5)) * 3).double(), layout)
     rois = make_rois(200, 2, 48 / scale, 48 / scale, torch.float32, seed=5).double()
     exact = run(torchvision.ops.roi_align, x, rois, (14, 14), scale, 2, True)
     ours = run(lambda t, r: ops.roi_align(t, r, (14, 14), scale, 2, True), x.float(), rois.float())
@@ -103,8 +122,8 @@ def test_float32_roi_align_is_as_accurate_as_torchvision(scale):
         assert 0 < err_ours <= 1.05 * err_tv, (i, err_ours, err_tv)
 
 
-def test_list_of_boxes_matches_tensor_form():
-    x = torch.randn(2, 3, 9, 11)
+def test_list_of_boxes_matches_tensor_form(layout):
+    x = in_layout(torch.randn(2, 3, 9, 11), layout)
     rois = make_rois(8, 2, 9, 11, torch.float32, seed=5)
     boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
     rois_sorted = torch.cat([rois[rois[:, 0] == i] for i in range(2)])
@@ -138,8 +157,8 @@ def call(op, mode, aligned, impl, x, rois, size, scale, sr):
 
 
 @pytest.mark.parametrize("op,mode,aligned", CASES)
-def test_matches_reference_float64(op, mode, aligned):
-    x = torch.randn(2, 2, 7, 8, dtype=torch.float64)
+def test_matches_reference_float64(op, mode, aligned, layout):
+    x = in_layout(torch.randn(2, 2, 7, 8, dtype=torch.float64), layout)
     for i, (sr, scale, size) in enumerate(itertools.product([0, 2], [1.0, 0.5], [(1, 1), (3, 2)])):
         rois = make_rois(6, 2, 7, 8, torch.float64, seed=i)
         ours = run(lambda t, r=rois, s=size, c=scale, q=sr: call(op, mode, aligned, "ours", t, r, s, c, q), x)
@@ -148,9 +167,9 @@ def test_matches_reference_float64(op, mode, aligned):
         assert_close(ours[1], ref[1], 1e-9)
 
 
-def test_roi_warp_is_align_on_quantized_box():
+def test_roi_warp_is_align_on_quantized_box(layout):
     """The documented definition: RoIAlign(aligned=True, scale=1) on [x1q, y1q, x1q + w, y1q + h]."""
-    x = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    x = in_layout(torch.randn(1, 3, 12, 12, dtype=torch.float64), layout)
     rois = torch.tensor([[0, 2.4, 3.5, 9.6, 7.49], [0, -2.5, 1.2, 4.5, 2.5]], dtype=torch.float64)
     scale = 0.5
     q = torch.tensor([[0, 1, 2, 1 + 5, 2 + 3], [0, -1, 1, -1 + 4, 1 + 1]], dtype=torch.float64)
@@ -161,50 +180,55 @@ def test_roi_warp_is_align_on_quantized_box():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Hand-written expectations on a ramp map v(h, w) = 10 h + w (bilinear interpolation of it is exact).
+# Hand-written expectations on a ramp map v(h, w) = 10 h + w (bilinear interpolation of it is exact), in three
+# channels v, v + 100, v + 200 (so that the layouts differ in memory); every op here commutes with the offset.
 RAMP = (10 * torch.arange(4.0)[:, None] + torch.arange(5.0)[None, :]).reshape(1, 1, 4, 5)
+OFFSETS = torch.tensor([0.0, 100.0, 200.0]).reshape(1, 3, 1, 1)
 BOX = torch.tensor([[0.0, 1, 1, 3, 3]])
 
 
-def test_literal_roi_align():
-    assert torch.equal(
-        ops.roi_align(RAMP, BOX, 2, 1.0, 2, aligned=False), torch.tensor([[[[16.5, 17.5], [26.5, 27.5]]]])
-    )
-    assert torch.equal(
-        ops.roi_align(RAMP, BOX, 2, 1.0, 2, aligned=True), torch.tensor([[[[11.0, 12.0], [21.0, 22.0]]]])
-    )
+def ramp(layout):
+    return in_layout(RAMP + OFFSETS, layout)
+
+
+def channels(plane):
+    """Expected [1, 3, ph, pw] from the first channel's [ph, pw]."""
+    return torch.tensor(plane).reshape(1, 1, *torch.tensor(plane).shape) + OFFSETS
+
+
+def test_literal_roi_align(layout):
+    x = ramp(layout)
+    assert torch.equal(ops.roi_align(x, BOX, 2, 1.0, 2, aligned=False), channels([[16.5, 17.5], [26.5, 27.5]]))
+    assert torch.equal(ops.roi_align(x, BOX, 2, 1.0, 2, aligned=True), channels([[11.0, 12.0], [21.0, 22.0]]))
     # same box at spatial_scale 0.5 from image coordinates
     assert torch.equal(
-        ops.roi_align(RAMP, BOX * torch.tensor([1, 2, 2, 2, 2]), 2, 0.5, 2),
-        torch.tensor([[[[16.5, 17.5], [26.5, 27.5]]]]),
+        ops.roi_align(x, BOX * torch.tensor([1, 2, 2, 2, 2]), 2, 0.5, 2), channels([[16.5, 17.5], [26.5, 27.5]])
     )
 
 
-def test_literal_roi_pool():
-    out, argmax = raw_forward(RAMP, BOX, "pool", 1.0, 2, 2)
-    assert torch.equal(out, torch.tensor([[[[22.0, 23.0], [32.0, 33.0]]]]))
-    assert torch.equal(argmax, torch.tensor([[[[12, 13], [17, 18]]]], dtype=torch.int32))
-    assert torch.equal(ops.roi_pool(RAMP, BOX, 2), out)
+def test_literal_roi_pool(layout):
+    x = ramp(layout)
+    out, argmax = raw_forward(x, BOX, "pool", 1.0, 2, 2)
+    assert torch.equal(out, channels([[22.0, 23.0], [32.0, 33.0]]))
+    assert torch.equal(argmax, torch.tensor([[[[12, 13], [17, 18]]]], dtype=torch.int32).expand(1, 3, 2, 2))
+    assert torch.equal(ops.roi_pool(x, BOX, 2), out)
 
 
-def test_literal_roi_warp():
+def test_literal_roi_warp(layout):
     # quantized cells 1..3 -> interval [0.5, 3.5], bins of 1.5, samples at 0.875, 1.625 | 2.375, 3.125;
     # y = 3.125 snaps to the last row (3).
-    assert torch.equal(
-        ops.roi_warp(RAMP, BOX, 2, 1.0, 2, "max"), torch.tensor([[[[17.875, 19.375], [31.625, 33.125]]]])
-    )
-    assert torch.equal(
-        ops.roi_warp(RAMP, BOX, 2, 1.0, 2, "avg"), torch.tensor([[[[13.75, 15.25], [28.125, 29.625]]]])
-    )
+    x = ramp(layout)
+    assert torch.equal(ops.roi_warp(x, BOX, 2, 1.0, 2, "max"), channels([[17.875, 19.375], [31.625, 33.125]]))
+    assert torch.equal(ops.roi_warp(x, BOX, 2, 1.0, 2, "avg"), channels([[13.75, 15.25], [28.125, 29.625]]))
 
 
-def test_max_mode_outside_samples_compete_with_zero():
-    x = torch.full((1, 1, 6, 6), -1.0, requires_grad=True)
+def test_max_mode_outside_samples_compete_with_zero(layout):
+    x = in_layout(torch.full((1, 3, 6, 6), -1.0), layout).requires_grad_()
     rois = torch.tensor([[0.0, -4, -4, 2, 2], [0.0, 1, 1, 4, 4], [0.0, 20, 20, 30, 30]])
     out = ops.roi_align(x, rois, 2, 1.0, 2, pool_mode="max")
-    assert torch.equal(out[0, 0, 0, 0], torch.tensor(0.0))  # bin with outside samples: 0 beats -1
-    assert torch.equal(out[1], -torch.ones(1, 2, 2))  # fully inside
-    assert torch.equal(out[2], torch.zeros(1, 2, 2))  # fully outside
+    assert torch.equal(out[0, :, 0, 0], torch.zeros(3))  # bin with outside samples: 0 beats -1
+    assert torch.equal(out[1], -torch.ones(3, 2, 2))  # fully inside
+    assert torch.equal(out[2], torch.zeros(3, 2, 2))  # fully outside
     out[2].sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))  # outside winners get no gradient
     _, argmax = raw_forward(x.detach(), rois, "align", 1.0, 2, 2, 2, False, True)
@@ -214,29 +238,29 @@ def test_max_mode_outside_samples_compete_with_zero():
 # ---------------------------------------------------------------------------------------------------
 # Autograd / torch.library integration
 @pytest.mark.parametrize("op,mode,aligned", CASES)
-def test_gradcheck(op, mode, aligned):
-    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+def test_gradcheck(op, mode, aligned, layout):
+    x = in_layout(torch.randn(1, 2, 5, 6, dtype=torch.float64), layout).requires_grad_()
     rois = torch.tensor([[0, 0.3, 0.7, 4.2, 3.9], [0, -1.3, 1.1, 2.2, 6.0]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: call(op, mode, aligned, "ours", t, rois, (2, 3), 1.0, 2), (x,))
 
 
 @pytest.mark.parametrize("op,mode,aligned", CASES)
-def test_opcheck(op, mode, aligned):
-    x = torch.randn(2, 3, 6, 7, requires_grad=True)
+def test_opcheck(op, mode, aligned, layout):
+    x = in_layout(torch.randn(2, 3, 6, 7), layout).requires_grad_()
     rois = make_rois(4, 2, 6, 7, torch.float32, seed=1)
     args = ([x], rois, None, [0.5], op, 2, 3, 2, bool(aligned), mode != "avg")
     torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, args)
 
 
-def test_opcheck_bf16_input_float32_rois():
-    x = torch.randn(2, 3, 6, 7).bfloat16().requires_grad_()
+def test_opcheck_bf16_input_float32_rois(layout):
+    x = in_layout(torch.randn(2, 3, 6, 7).bfloat16(), layout).requires_grad_()
     rois = make_rois(4, 2, 6, 7, torch.float32, seed=1)
     for kind, max_mode in (("align", False), ("warp", True), ("pool", True)):
         args = ([x], rois, None, [0.5], kind, 2, 3, 2, True, max_mode)
         torch.library.opcheck(torch.ops.roi_ops.multilevel_roi_forward, args)
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(layout):
     def f(x, rois):
         return (
             (
@@ -248,7 +272,7 @@ def test_torch_compile_fullgraph():
             .sum()
         )
 
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    x = in_layout(torch.randn(2, 3, 8, 8), layout).requires_grad_()
     rois = make_rois(5, 2, 8, 8, torch.float32, seed=2)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     out = compiled(x, rois)
@@ -257,8 +281,8 @@ def test_torch_compile_fullgraph():
     assert torch.allclose(out, f(x, rois)) and torch.allclose(g, g_ref)
 
 
-def test_backward_is_deterministic():
-    x = torch.randn(2, 8, 16, 16)
+def test_backward_is_deterministic(layout):
+    x = in_layout(torch.randn(2, 8, 16, 16), layout)
     rois = make_rois(64, 2, 16, 16, torch.float32, seed=4)
     with torch.use_deterministic_algorithms(True) if hasattr(torch, "_no_such") else _deterministic():
         for fn in (
@@ -297,8 +321,8 @@ class _threads:
 # Dtypes and memory layouts
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("op,mode,aligned", CASES)
-def test_low_precision(dtype, tol, op, mode, aligned):
-    x = torch.randn(2, 3, 9, 11)
+def test_low_precision(dtype, tol, op, mode, aligned, layout):
+    x = in_layout(torch.randn(2, 3, 9, 11), layout)
     rois = make_rois(8, 2, 9, 11, torch.float32, seed=6).to(dtype).float()  # boxes exactly representable
     ref = run(lambda t: call(op, mode, aligned, "ours", t, rois, 3, 0.5, 2), x.to(dtype).float())
     low = run(lambda t: call(op, mode, aligned, "ours", t, rois.to(dtype), 3, 0.5, 2), x.to(dtype))
@@ -309,12 +333,12 @@ def test_low_precision(dtype, tol, op, mode, aligned):
 
 @pytest.mark.parametrize("op,mode,aligned", CASES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_input_uses_float32_boxes(op, mode, aligned, dtype):
+def test_low_precision_input_uses_float32_boxes(op, mode, aligned, dtype, layout):
     """Half/bf16 input with float32 boxes (not representable in bf16): the geometry runs on the float32 boxes,
     so the result equals the float32 op on the rounded input, to low-precision tolerance. Half/bf16 boxes are
     upcast (the geometry never runs in the low-precision dtype)."""
     tol = 2e-3 if dtype == torch.float16 else 2e-2
-    x = torch.randn(2, 3, 20, 24)
+    x = in_layout(torch.randn(2, 3, 20, 24), layout)
     rois = make_rois(10, 2, 20 * 32, 24 * 32, torch.float32, seed=11)  # image coords up to ~1500 px
     rois[:, 1:] += 0.3  # certainly not on the bf16 grid
     assert not torch.equal(rois.to(torch.bfloat16).float(), rois)
@@ -335,9 +359,9 @@ def test_low_precision_input_uses_float32_boxes(op, mode, aligned, dtype):
     )
 
 
-def test_bf16_boxes_would_misalign():
+def test_bf16_boxes_would_misalign(layout):
     """Why boxes stay float32: rounding corners near 1000 px to bfloat16 moves them by up to 4 px."""
-    x = torch.randn(1, 4, 40, 40)
+    x = in_layout(torch.randn(1, 4, 40, 40), layout)
     rois = torch.tensor([[0.0, 901.3, 777.7, 1203.9, 1011.1]])
     exact = ops.roi_align(x.bfloat16(), rois, 7, 1 / 32, 2, aligned=True).float()
     rounded = ops.roi_align(x.bfloat16(), rois.bfloat16(), 7, 1 / 32, 2, aligned=True).float()
@@ -347,9 +371,9 @@ def test_bf16_boxes_would_misalign():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_boxes_cast_to_input_dtype(dtype):
+def test_boxes_cast_to_input_dtype(dtype, layout):
     """float32/float64 input: boxes of any floating dtype are cast to the input dtype."""
-    x = torch.randn(2, 3, 9, 11, dtype=dtype)
+    x = in_layout(torch.randn(2, 3, 9, 11, dtype=dtype), layout)
     rois = make_rois(8, 2, 9, 11, torch.float64, seed=12)
     for box_dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         b = rois.to(box_dtype)
@@ -359,11 +383,11 @@ def test_boxes_cast_to_input_dtype(dtype):
         assert ops.roi_align(x, boxes, 3).dtype == dtype
 
 
-def test_autocast_bf16():
+def test_autocast_bf16(layout):
     """Under CPU autocast the op gets bf16 features (from a conv) and float32 boxes; forward and backward run
     and match float32 math on the same bf16 features."""
     conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-    img = torch.randn(2, 3, 24, 32)
+    img = in_layout(torch.randn(2, 3, 24, 32), layout)  # a channels_last input gives channels_last features
     rois = make_rois(12, 2, 24 * 8, 32 * 8, torch.float32, seed=13)
     boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
     for fn in (
@@ -388,9 +412,9 @@ def test_autocast_bf16():
         conv.zero_grad()
 
 
-def test_large_outputs_huge_page_buffers():
-    """Outputs / gradients >= 4 MiB come from the huge-page allocator; they must behave like any tensor."""
-    x = torch.randn(2, 256, 64, 64)  # grad_input 8 MiB
+def test_large_outputs_huge_page_buffers(layout):
+    """Outputs / gradients >= 4 MiB come from the huge-page allocator (recycled); they behave like any tensor."""
+    x = in_layout(torch.randn(2, 256, 64, 64), layout)  # grad_input 8 MiB
     rois = make_rois(48, 2, 64, 64, torch.float32, seed=14)  # output 48 * 256 * 14 * 14 * 4 B = 9.6 MB
     ours = run(ops.roi_pool, x, rois, 14)
     ref = run(torchvision.ops.roi_pool, x, rois, 14)
@@ -402,15 +426,20 @@ def test_large_outputs_huge_page_buffers():
     assert out.sum().item() == out.numel()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op,mode,aligned", CASES)
-def test_memory_layouts(op, mode, aligned):
-    x = torch.randn(2, 4, 9, 11)
-    rois = make_rois(8, 2, 9, 11, torch.float32, seed=8)
+def test_memory_layouts_and_routes_agree_bitwise(op, mode, aligned, dtype, monkeypatch):
+    """Every route adds the same terms in the same order: bitwise equal outputs and gradients, for any layout.
+    C = 37 fills vectors of any width and leaves a partial one; gradients come back in the input's layout."""
+    x = torch.randn(2, 37, 9, 11).to(dtype)
+    rois = make_rois(24, 2, 9, 11, torch.float32, seed=8)
 
     def f(t):
         return call(op, mode, aligned, "ours", t, rois, 3, 0.5, 0)
 
+    monkeypatch.setenv("ROI_OPS_NCHW_KERNEL", "planes")
     base = run(f, x)
+    assert base[1].is_contiguous()
     layouts = [
         x.contiguous(memory_format=torch.channels_last),
         x.transpose(2, 3).contiguous().transpose(2, 3),
@@ -420,6 +449,11 @@ def test_memory_layouts(op, mode, aligned):
         assert not v.is_contiguous()
         out, grad = run(f, v)
         assert torch.equal(out, base[0]) and torch.equal(grad, base[1])
+        cl = torch.channels_last
+        assert grad.is_contiguous(memory_format=cl) == v.is_contiguous(memory_format=cl)  # the input's layout
+    monkeypatch.setenv("ROI_OPS_NCHW_KERNEL", "blocked")
+    out, grad = run(f, x)
+    assert torch.equal(out, base[0]) and torch.equal(grad, base[1]) and grad.is_contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -430,43 +464,45 @@ FNS = [ops.roi_align, ops.roi_pool, ops.roi_warp]
 
 @pytest.mark.parametrize("fn", FNS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_box_names_row(fn, bad):
+def test_non_finite_box_names_row(fn, bad, layout):
     rois = torch.tensor([[0.0, 1, 1, 4, 4], [1.0, 1, 1, 4, 4], [1.0, 1, 1, 4, 4]])
     rois[2, 3] = bad
     with pytest.raises(ValueError, match="row 2"):
-        fn(X, rois, 2)
+        fn(in_layout(X, layout), rois, 2)
 
 
 @pytest.mark.parametrize("fn", FNS)
 @pytest.mark.parametrize("batch", [-1.0, 2.0, 0.5, float("nan")])
-def test_bad_batch_index_names_row(fn, batch):
+def test_bad_batch_index_names_row(fn, batch, layout):
+    x = in_layout(X, layout)
     rois = torch.tensor([[0.0, 1, 1, 4, 4], [batch, 1, 1, 4, 4]])
     with pytest.raises(ValueError, match="row 1"):
-        fn(X, rois, 2)
+        fn(x, rois, 2)
     with pytest.raises(ValueError, match="row 2"):
-        fn(X, [torch.ones(1, 4), torch.ones(1, 4), torch.ones(1, 4)], 2)  # 3 images of boxes for N=2
+        fn(x, [torch.ones(1, 4), torch.ones(1, 4), torch.ones(1, 4)], 2)  # 3 images of boxes for N=2
 
 
 @pytest.mark.parametrize("fn", FNS)
-def test_bad_arguments(fn):
+def test_bad_arguments(fn, layout):
     good = torch.tensor([[0.0, 1, 1, 4, 4]])
+    x = in_layout(X, layout)
     with pytest.raises(ValueError, match=r"Tensor\[K, 5\]"):
-        fn(X, torch.ones(3, 4), 2)
+        fn(x, torch.ones(3, 4), 2)
     with pytest.raises(ValueError, match=r"boxes\[0\]"):
-        fn(X, [torch.ones(3, 5)], 2)
+        fn(x, [torch.ones(3, 5)], 2)
     with pytest.raises(TypeError, match="floating point"):
-        fn(X, good.long(), 2)
+        fn(x, good.long(), 2)
     with pytest.raises(TypeError, match="floating point"):
-        fn(X, [good[:, 1:].int()], 2)
+        fn(x, [good[:, 1:].int()], 2)
     with pytest.raises(ValueError, match="device"):
-        fn(X, good.to("meta"), 2)
+        fn(x, good.to("meta"), 2)
     with pytest.raises(ValueError, match="4-D"):
-        fn(X[0], good, 2)
+        fn(x[0], good, 2)
     for size in (0, -1, (2, 0), (1, 2, 3), 1.5, True, "7"):
         with pytest.raises(ValueError, match="output_size"):
-            fn(X, good, size)
+            fn(x, good, size)
     with pytest.raises(ValueError, match="spatial_scale"):
-        fn(X, good, 2, float("nan"))
+        fn(x, good, 2, float("nan"))
 
 
 def test_bad_pool_mode():
@@ -478,42 +514,43 @@ def test_bad_pool_mode():
         ops.RoIAlign(2, pool_mode="min")
 
 
-def test_direct_op_calls_check_shapes():
+def test_direct_op_calls_check_shapes(layout):
     """torch.ops calls bypass the Python validation; the C++ checks must raise, never crash."""
+    x = in_layout(X, layout)
     r = torch.tensor([[0.0, 1, 1, 4, 4]])
     am = torch.zeros((1, 3, 2, 2), dtype=torch.int32)
     with pytest.raises(RuntimeError, match="rois must be"):
-        raw_forward(X, r[:, :4], "align", 1.0, 2, 2)
+        raw_forward(x, r[:, :4], "align", 1.0, 2, 2)
     # rois: the input dtype or its coordinate dtype (float32 for half/bf16), nothing else
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        raw_forward(X, r.double(), "pool", 1.0, 2, 2)
+        raw_forward(x, r.double(), "pool", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        raw_forward(X.bfloat16(), r.half(), "align", 1.0, 2, 2)
+        raw_forward(x.bfloat16(), r.half(), "align", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="rois must have the dtype"):
-        raw_backward(torch.ones(1, 3, 2, 2), r.double(), am, "pool", 1.0, 2, 3, 8, 8)
+        raw_backward(torch.ones(1, 3, 2, 2), r.double(), am, "pool", 1.0, 2, 3, 8, 8, layout=layout)
     with pytest.raises(RuntimeError, match="batch index"):
-        raw_forward(X, torch.tensor([[5.0, 1, 1, 4, 4]]), "pool", 1.0, 2, 2)
+        raw_forward(x, torch.tensor([[5.0, 1, 1, 4, 4]]), "pool", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="batch index"):
-        raw_forward(X, torch.tensor([[float("nan"), 1, 1, 4, 4]]), "warp", 1.0, 2, 2, 2)
+        raw_forward(x, torch.tensor([[float("nan"), 1, 1, 4, 4]]), "warp", 1.0, 2, 2, 2)
     with pytest.raises(RuntimeError, match="grad must be"):
-        raw_backward(torch.ones(1, 3, 3, 3), r, am, "align", 1.0, 2, 3, 8, 8, max_mode=False)
+        raw_backward(torch.ones(1, 3, 3, 3), r, am, "align", 1.0, 2, 3, 8, 8, max_mode=False, layout=layout)
     with pytest.raises(RuntimeError, match="argmax"):
-        raw_backward(torch.ones(1, 3, 2, 2), r, am.fill_(999), "pool", 1.0, 2, 3, 8, 8)
+        raw_backward(torch.ones(1, 3, 2, 2), r, am.fill_(999), "pool", 1.0, 2, 3, 8, 8, layout=layout)
     with pytest.raises(RuntimeError, match="argmax"):
-        raw_backward(torch.ones(1, 3, 2, 2), r, am.fill_(99), "align", 1.0, 2, 3, 8, 8, 2, False, True)
+        raw_backward(torch.ones(1, 3, 2, 2), r, am.fill_(99), "align", 1.0, 2, 3, 8, 8, 2, False, True, layout=layout)
     with pytest.raises(RuntimeError, match="kind must be"):
-        raw_forward(X, r, "bilinear", 1.0, 2, 2)
+        raw_forward(x, r, "bilinear", 1.0, 2, 2)
     with pytest.raises(RuntimeError, match="levels may be None only with one feature map"):
-        torch.ops.roi_ops.multilevel_roi_forward([X, X], r, None, [1.0, 0.5], "align", 2, 2, 2, True, False)
+        torch.ops.roi_ops.multilevel_roi_forward([x, x], r, None, [1.0, 0.5], "align", 2, 2, 2, True, False)
     # NaN coordinates through the raw op: finite output, no crash
     nan_box = torch.tensor([[0.0, float("nan"), 1, 4, float("nan")]])
-    for out in (raw_forward(X, nan_box, "align", 1.0, 2, 2)[0], raw_forward(X, nan_box, "pool", 1.0, 2, 2)[0]):
+    for out in (raw_forward(x, nan_box, "align", 1.0, 2, 2)[0], raw_forward(x, nan_box, "pool", 1.0, 2, 2)[0]):
         assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("fn", FNS)
-def test_empty_boxes(fn):
-    x = X.clone().requires_grad_()
+def test_empty_boxes(fn, layout):
+    x = in_layout(X, layout).requires_grad_()
     for boxes in (torch.zeros(0, 5), [torch.zeros(0, 4), torch.zeros(0, 4)]):
         out = fn(x, boxes, (2, 3))
         assert out.shape == (0, 3, 2, 3)
@@ -522,7 +559,7 @@ def test_empty_boxes(fn):
 
 
 @pytest.mark.parametrize("op,mode,aligned", CASES)
-def test_huge_and_inverted_boxes_are_finite(op, mode, aligned):
+def test_huge_and_inverted_boxes_are_finite(op, mode, aligned, layout):
     rois = torch.tensor(
         [
             [0, 1e30, 1e30, 2e30, 2e30],
@@ -532,15 +569,15 @@ def test_huge_and_inverted_boxes_are_finite(op, mode, aligned):
             [0, -3e38, 0, 3e38, 5],
         ]
     )
-    x = X.clone().requires_grad_()
+    x = in_layout(X, layout).requires_grad_()
     for sr in (0, 2):
         out = call(op, mode, aligned, "ours", x, rois, 3, 1.0, sr)
         (g,) = torch.autograd.grad(out.sum(), x)
         assert torch.isfinite(out).all() and torch.isfinite(g).all()
 
 
-def test_modules():
-    x = torch.randn(1, 2, 8, 8)
+def test_modules(layout):
+    x = in_layout(torch.randn(1, 2, 8, 8), layout)
     boxes = [torch.tensor([[1.0, 1, 6, 5]])]
     m = ops.RoIAlign((2, 3), 0.5, 2, aligned=True)
     assert torch.equal(m(x, boxes), ops.roi_align(x, boxes, (2, 3), 0.5, 2, True))

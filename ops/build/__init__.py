@@ -17,6 +17,11 @@ Nothing machine-specific is written here:
 * Architectures: ``TORCH_CUDA_ARCH_LIST`` when set. Otherwise :func:`load` leaves it to torch, which builds for
   the visible GPUs plus PTX of the newest (so a later GPU can JIT-compile it), and ``--cuda`` compile-checks
   :data:`CHECK_ARCHS` (A100 and H100/H200 machine code, plus PTX).
+* CPU vector width: the C++ sources build for the vector ISA of the machine that loads them (AVX-512, AVX2 or
+  the baseline), as ATen picks it at run time (:func:`cpu_capability`; ``ATEN_CPU_CAPABILITY=avx2`` or
+  ``default`` lowers it, as it does for ATen), so ``at::vec`` in the CPU kernels uses that machine's widest
+  vectors. Each capability has its own build directory (``.build/roi_ops_cpu_avx512`` ...): a build cache
+  shared by machines of different ISAs never hands one a library it cannot run.
 * Rounding: the CUDA sources build with ``-fmad=false`` and the CPU sources with ``-ffp-contract=off``, so
   neither side fuses a multiply and an add into one rounding: both round every product and sum alike, and the
   max modes pick the same samples on the CPU and the GPU (the tests require that bitwise). ``ROI_OPS_FMAD=1``
@@ -45,6 +50,22 @@ CSRC = OPS / "csrc"
 BUILD_ROOT = OPS.parent / ".build"
 CHECK_ARCHS = "8.0;9.0+PTX"
 CPU_FLAGS = ["-O3", "-fopenmp", "-DAT_PARALLEL_OPENMP=1", "-ffp-contract=off"]  # OpenMP as at::parallel_for uses it
+# ATen's flags for its own kernels of each capability (CPU_CAPABILITY names at::vec's inline namespace).
+CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
+    "DEFAULT": [],
+}
+
+
+def cpu_capability() -> str:
+    """The x86 vector ISA ATen uses on this machine (``AVX512``, ``AVX2``), else ``DEFAULT``."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if capability in CAPABILITY_FLAGS else "DEFAULT"
+
+
+def _cpu_flags(capability: str) -> list[str]:
+    return CPU_FLAGS + CAPABILITY_FLAGS[capability] + [f"-DCPU_CAPABILITY={capability}"]
 
 
 def _fmad() -> bool:
@@ -113,13 +134,13 @@ def _arch_list(default: str | None):
         del os.environ["TORCH_CUDA_ARCH_LIST"]
 
 
-def _build_args(name: str, sources: list[str], with_cuda: bool) -> dict:
+def _build_args(name: str, sources: list[str], with_cuda: bool, cflags: list[str] = CPU_FLAGS) -> dict:
     build_dir = BUILD_ROOT / name
     build_dir.mkdir(parents=True, exist_ok=True)
     return dict(
         name=name,
         sources=sources,
-        extra_cflags=CPU_FLAGS,
+        extra_cflags=cflags,
         extra_cuda_cflags=_cuda_flags() if with_cuda else None,
         extra_ldflags=["-fopenmp"],
         extra_include_paths=[str(CSRC)] + (_nvidia_include_dirs() if with_cuda else []),
@@ -132,7 +153,7 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool) -> None:
+def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool, cflags: list[str] = CPU_FLAGS) -> None:
     """Compile (if needed) and load one library into this process; once per process."""
     build_dir = BUILD_ROOT / name
     if any(Path(p).parent == build_dir for p in torch.ops.loaded_libraries):
@@ -140,7 +161,7 @@ def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool)
     if not any(build_dir.glob(f"{name}*.so")):
         _say(f"building {name} (first use; ~1 min per translation unit)…")
     t0 = time.time()
-    _cpp_extension().load(**_build_args(name, sources, with_cuda), is_python_module=False, verbose=verbose)
+    _cpp_extension().load(**_build_args(name, sources, with_cuda, cflags), is_python_module=False, verbose=verbose)
     if time.time() - t0 > 2.0:  # a real compile happened (a cached load takes well under a second)
         _say(f"building {name}… done in {time.time() - t0:.0f} s")
 
@@ -148,8 +169,11 @@ def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool)
 def load(verbose: bool = False) -> None:
     """Compile (if needed) and load the extension into this process; registers ``torch.ops.roi_ops``."""
     use_cuda = torch.cuda.is_available() and bool(_cuda_sources())
-    name = ("roi_ops_cuda_fmad" if _fmad() else "roi_ops_cuda") if use_cuda else "roi_ops_cpu"
-    _load_library(name, [str(CSRC / "roi_ops.cpp")] + (_cuda_sources() if use_cuda else []), use_cuda, verbose)
+    capability = cpu_capability()
+    kind = ("roi_ops_cuda_fmad" if _fmad() else "roi_ops_cuda") if use_cuda else "roi_ops_cpu"
+    name = f"{kind}_{capability.lower()}"
+    sources = [str(CSRC / "roi_ops.cpp")] + (_cuda_sources() if use_cuda else [])
+    _load_library(name, sources, use_cuda, verbose, _cpu_flags(capability))
 
 
 def load_emulation(verbose: bool = False) -> None:
@@ -173,7 +197,7 @@ def build_cuda(verbose: bool = False) -> int:
             # Writes the ninja file and builds the library without loading it (there may be no GPU); private,
             # because the public API always loads.
             cpp_extension._write_ninja_file_and_build_library(
-                **_build_args(name, [str(CSRC / "roi_ops.cpp")] + cu, True),
+                **_build_args(name, [str(CSRC / "roi_ops.cpp")] + cu, True, _cpu_flags(cpu_capability())),
                 extra_sycl_cflags=None, with_sycl=False, verbose=verbose,
             )
         except Exception as exc:  # compile errors surface as RuntimeError / CalledProcessError

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "host_checks.h"
+#include "map_layout.h"
 #include "roi_kernels.h"
 
 namespace roi_driver {
@@ -36,16 +37,11 @@ using roi_ops::OpKind;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Layout decision for all maps together: NHWC when every map is channels_last (and one of them is not also
-// contiguous), else NCHW (maps made contiguous where needed: a pyramid of mixed layouts pays a copy of its
-// channels_last levels; the backbone gives all levels one layout).
+// Layout decision for all maps together (map_layout.h): NHWC when every map is channels_last, else NCHW (maps
+// made contiguous where needed: a pyramid of mixed layouts pays a copy of its channels_last levels; the backbone
+// gives all levels one layout).
 inline std::vector<Tensor> prepare_inputs(at::TensorList inputs, bool* nhwc) {
-  bool all_cl = true, all_contig = true;
-  for (const Tensor& x : inputs) {
-    all_cl = all_cl && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-    all_contig = all_contig && x.is_contiguous();
-  }
-  *nhwc = all_cl && !all_contig;
+  *nhwc = roi_ops::nhwc_maps(inputs);
   std::vector<Tensor> out;
   for (const Tensor& x : inputs) out.push_back(*nhwc ? x : x.contiguous());
   return out;
@@ -169,12 +165,13 @@ inline void gather_chunks(int64_t sms, int64_t N, int64_t C, int64_t H, int64_t 
   *n_chunks = *chunk_w > 0 ? ceil_div(W, *chunk_w) : 0;
 }
 
-// One gradient [N, C, H_l, W_l] per level, accumulated in T as [N, H_l, W_l, C] and copied out at the end.
+// One gradient [N, C, H_l, W_l] per level (channels_last when asked), accumulated in T as [N, H_l, W_l, C] and
+// copied out at the end.
 template <typename B>
 std::vector<Tensor> backward(const Tensor& grad_, const Tensor& rois_, const std::optional<Tensor>& levels_,
                              const Tensor& argmax_, at::ArrayRef<double> scales, c10::string_view kind_, int64_t ph,
                              int64_t pw, int64_t N, int64_t C, at::IntArrayRef heights, at::IntArrayRef widths,
-                             int64_t sampling_ratio, bool aligned, bool max_mode) {
+                             int64_t sampling_ratio, bool aligned, bool max_mode, bool channels_last) {
   const char* op = "multilevel_roi_backward";
   const OpKind kind = roi_ops::op_kind(kind_, op);
   const bool pool = kind == OpKind::Pool;
@@ -252,7 +249,8 @@ std::vector<Tensor> backward(const Tensor& grad_, const Tensor& rois_, const std
   }
   std::vector<Tensor> grad_inputs;
   for (size_t l = 0; l < L; ++l) {
-    grad_inputs.push_back(at::empty({N, C, heights[l], widths[l]}, grad_.options()));
+    const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    grad_inputs.push_back(at::empty({N, C, heights[l], widths[l]}, grad_.options().memory_format(format)));
     grad_inputs.back().copy_(accs[l].permute({0, 3, 1, 2}));
   }
   return grad_inputs;

@@ -3,6 +3,8 @@
 //
 // kind: "align" | "warp" | "pool" (pool ignores sampling_ratio and aligned; warp ignores aligned). levels is
 // None for a single map. argmax is int32 [K, C, ph, pw] for the max modes and RoIPool, else empty.
+// channels_last: the backward returns the gradients in that memory format (autograd passes the maps' layout,
+// map_layout.h, so a channels_last network gets channels_last gradients without a copy).
 #pragma once
 
 namespace roi_ops {
@@ -13,6 +15,6 @@ constexpr const char* kForwardSchema =
 constexpr const char* kBackwardSchema =
     "(Tensor grad, Tensor rois, Tensor? levels, Tensor argmax, float[] spatial_scales, str kind, "
     "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt[] heights, "
-    "SymInt[] widths, int sampling_ratio, bool aligned, bool max_mode) -> Tensor[]";
+    "SymInt[] widths, int sampling_ratio, bool aligned, bool max_mode, bool channels_last=False) -> Tensor[]";
 
 }  // namespace roi_ops

@@ -1,0 +1,83 @@
+// Work distribution and transposes of the NHWC kernels (nhwc.h).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+namespace roi_ops {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Work items per thread to aim for: enough that uneven items (RoIs of different sizes, images with more RoIs)
+// even out across threads.
+constexpr int64_t kItemsPerThread = 8;
+
+// Channels per work item, a multiple of the vector width V: all C when `units` (RoIs, or images) already give
+// kItemsPerThread items per thread, else C split into as many blocks as that needs (at most one per vector).
+inline int64_t block_channels(int64_t C, int64_t units, int threads, int64_t V) {
+  const int64_t vectors = ceil_div(C, V);
+  const int64_t blocks = std::clamp<int64_t>(ceil_div(kItemsPerThread * threads, std::max<int64_t>(units, 1)), 1,
+                                             std::max<int64_t>(vectors, 1));
+  return ceil_div(vectors, blocks) * V;
+}
+
+// Runs f(item, thread) for items 0 .. n-1 on at::get_num_threads() threads (thread in [0, threads)), each thread
+// taking the next item when it is done with one. Dynamic rather than at::parallel_for's static split: the items
+// (RoIs) differ in cost, and on a machine shared with other jobs a descheduled thread would hold back a static
+// split for its whole share.
+template <typename F>
+void parallel_dynamic(int64_t n, int threads, const F& f) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    // One index per thread, except when called inside a parallel region (then t0 = 0, t1 = threads, serial).
+    const int thread = static_cast<int>(t1 - t0 == 1 ? t0 : 0);
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) f(i, thread);
+  });
+}
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < M, j < N, converting S to D. 32-bit elements of one type
+// (float, and int32 argmax moved as float bits: shuffles and masked loads/stores never change bits) use
+// ATen's vectorised 16 x 16 (AVX-512) or 8 x 8 (AVX2) block transposes; the rest 16 x 16 scalar blocks.
+template <typename S, typename D>
+inline void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int64_t M, int64_t N) {
+  constexpr bool bits32 = std::is_same_v<S, D> && sizeof(S) == 4;
+  int64_t m0 = 0, n0 = 0;  // the scalar loops below do [m0, M) x [0, N) and [0, m0) x [n0, N)
+  if constexpr (bits32) {
+    const float* s = reinterpret_cast<const float*>(src);
+    float* d = reinterpret_cast<float*>(dst);
+#if defined(CPU_CAPABILITY_AVX512)
+    at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, static_cast<int>(M), static_cast<int>(N));
+    return;
+#elif defined(CPU_CAPABILITY_AVX2)
+    m0 = M / 8 * 8;
+    n0 = N / 8 * 8;
+    for (int64_t i = 0; i < m0; i += 8) {
+      for (int64_t j = 0; j < n0; j += 8) {
+        at::vec::transpose_mxn<float, 8, 8>(s + i * ld_src + j, ld_src, d + j * ld_dst + i, ld_dst);
+      }
+    }
+#else
+    (void)s;
+    (void)d;
+#endif
+  }
+  const auto block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t ib = i0; ib < i1; ib += 16) {
+      for (int64_t jb = j0; jb < j1; jb += 16) {
+        for (int64_t i = ib; i < std::min(ib + 16, i1); ++i) {
+          for (int64_t j = jb; j < std::min(jb + 16, j1); ++j) {
+            dst[j * ld_dst + i] = static_cast<D>(src[i * ld_src + j]);
+          }
+        }
+      }
+    }
+  };
+  block(m0, M, 0, N);
+  block(0, m0, n0, N);
+}
+
+}  // namespace roi_ops
