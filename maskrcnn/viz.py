@@ -10,20 +10,26 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 
 def draw_instances(
-    image: Tensor, boxes: Tensor, masks: Tensor, labels: list[str], colors: list[tuple[int, int, int]]
+    image: Tensor,
+    boxes: Tensor,
+    masks: Tensor,
+    labels: list[str],
+    colors: list[tuple[int, int, int]],
+    width: int = 1,
 ) -> Tensor:
-    """image Float[3, H, W] in [0, 1], boxes [D, 4], masks Bool[D, H, W] -> UInt8[3, H, W]."""
+    """image Float[3, H, W] in [0, 1], boxes [D, 4], masks Bool[D, H, W] -> UInt8[3, H, W]; boxes `width` px."""
     canvas = (image.clamp(0, 1) * 255).to(torch.uint8).cpu()
     if len(boxes):
         canvas = draw_segmentation_masks(canvas, masks.cpu(), alpha=0.45, colors=colors)
-        canvas = draw_bounding_boxes(canvas, boxes.cpu(), labels=labels, colors=colors, width=1)
+        canvas = draw_bounding_boxes(canvas, boxes.cpu(), labels=labels, colors=colors, width=width)
     return canvas
 
 
 def draw_prediction(
-    image: Tensor, prediction: dict[str, Tensor], class_names: list[str], score_thresh: float = 0.5
+    image: Tensor, prediction: dict[str, Tensor], class_names: list[str], score_thresh: float = 0.5, width: int = 1
 ) -> Tensor:
-    """UInt8[3, H, W]: the detections scoring >= `score_thresh`, masks thresholded at 0.5, labelled with scores."""
+    """UInt8[3, H, W]: the detections scoring >= `score_thresh`, masks thresholded at 0.5, labelled with scores,
+    boxes `width` px wide."""
     palette = _palette(len(class_names) + 1)
     keep = prediction["scores"] >= score_thresh
     labels = prediction["labels"][keep].tolist()
@@ -33,6 +39,7 @@ def draw_prediction(
         prediction["masks"][keep, 0] >= 0.5,
         [f"{class_names[c - 1]} {s:.2f}" for c, s in zip(labels, prediction["scores"][keep].tolist(), strict=True)],
         [palette[c] for c in labels],
+        width,
     )
 
 
