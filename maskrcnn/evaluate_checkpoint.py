@@ -11,12 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.callbacks import CocoEvaluation
 from maskrcnn.coco_eval import write_results
-from maskrcnn.run_metrics import run_metrics, write_metrics
+from maskrcnn.run_metrics import run_metrics, write_metrics, write_per_class
 from maskrcnn.trained_model import load_detector
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Writes metrics.json (with gt_json), bbox_results.json and segm_results.json to the run dir."""
+    """Writes metrics.json (with gt_json), per_class.json, bbox_results.json and segm_results.json to the run dir."""
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
@@ -43,4 +43,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         for kind in ("bbox", "segm"):
             write_results(output_dir / f"{kind}_results.json", evaluation.results[kind])
         write_metrics(output_dir, metrics)
+        write_per_class(output_dir, evaluation.per_class)
     return metrics

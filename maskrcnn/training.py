@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from maskrcnn.callbacks import CocoEvaluation, NonFiniteGuard, RNGStates, SkippedImages, ValidationImages
 from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from maskrcnn.lightning_module import DetectorModule
-from maskrcnn.run_metrics import run_metrics, write_metrics
+from maskrcnn.run_metrics import run_metrics, write_metrics, write_per_class
 from maskrcnn.runinfo import device_description
 from maskrcnn.schedule import Schedule, log_schedule, scaled_schedule, world_size
 
@@ -98,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ids = sorted(skipped_images.image_ids)
             log.warning("skipped %d unreadable training image(s), ids: %s", len(ids), ids[:50])
         write_metrics(output_dir, metrics)
+        write_per_class(output_dir, evaluation.per_class)
         logger.log_hyperparams(
             {key: metrics[key] for key in ("roi", "model", "seed", "data")},
             {f"hparams/{k.replace('/', '_')}": v for k, v in evaluation.metrics.items()},

@@ -116,3 +116,54 @@ def test_faster_coco_eval_matches_pycocotools_on_5000_images(tmp_path):
     assert 0.05 < ref["segm/AP"] < 0.95, "a results file that exercises the matching, not a trivial one"
     for key, value in ref.items():
         assert fast[key] == pytest.approx(value, abs=1e-4), key
+
+
+def _scored_predictions(val_set, seed=0):
+    """Shifted ground truth with random scores and every label remapped at random: AP strictly between 0 and 1."""
+    bbox, segm = _gt_as_detections(val_set, jitter=1.5)
+    rng = np.random.default_rng(seed)
+    ids = sorted(val_set.contiguous_to_category_id.values())
+    for b, s in zip(bbox, segm, strict=True):
+        b["score"] = s["score"] = float(rng.uniform(0.1, 1.0))
+        if rng.uniform() < 0.3:
+            b["category_id"] = s["category_id"] = int(rng.choice(ids))
+    return bbox, segm
+
+
+def _pycocotools_one_class(gt_file, results, kind, category_id):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(gt_file))
+    coco_eval = COCOeval(gt, gt.loadRes([dict(r) for r in results]), kind)
+    coco_eval.params.catIds = [category_id]
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval.stats[:3]
+
+
+def test_per_class_ap_equals_pycocotools_run_on_each_class_alone(val_set):
+    bbox, segm = _scored_predictions(val_set)
+    scores = CocoEvaluator(val_set.annotation_file).score(bbox, segm)
+    for kind, results in (("bbox", bbox), ("segm", segm)):
+        rows = scores.per_class[kind]
+        assert len(rows) >= 4, "the shapes val set has most classes"
+        assert any(0.05 < row["AP"] < 0.95 for row in rows), "a non-trivial result"
+        for row in rows:
+            ap, ap50, ap75 = _pycocotools_one_class(val_set.annotation_file, results, kind, row["id"])
+            assert (row["AP"], row["AP50"], row["AP75"]) == pytest.approx((ap, ap50, ap75), abs=1e-12), row
+            assert row["name"] == val_set.category_names[val_set.category_id_to_contiguous[row["id"]] - 1]
+
+
+def test_pr_curves_come_from_the_same_accumulated_precision(val_set):
+    bbox, segm = _scored_predictions(val_set, seed=1)
+    scores = CocoEvaluator(val_set.annotation_file).score(bbox, segm)
+    for kind in ("bbox", "segm"):
+        at50, at75 = scores.pr_curves[kind]
+        assert (at50.iou, at75.iou) == (0.5, 0.75) and len(at50.recall) == len(at50.precision) == 101
+        # COCO's AP50 / AP75 are these curves' means (every category has ground truth here).
+        assert np.mean(at50.precision) == pytest.approx(scores.metrics[f"{kind}/AP50"], abs=1e-12)
+        assert np.mean(at75.precision) == pytest.approx(scores.metrics[f"{kind}/AP75"], abs=1e-12)
+        assert all(a >= b for a, b in zip(at50.precision, at50.precision[1:], strict=False)), "interpolated"
+        assert at50.num_gt == sum(len(val_set[i][1]["boxes"]) for i in range(len(val_set)))

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
 
 from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.training import train
@@ -90,6 +93,11 @@ def test_evaluate_reproduces_training_metrics(compose_cfg, align_run, tmp_path):
     for key in METRIC_KEYS:
         assert result[key] == pytest.approx(metrics[key], abs=1e-9), key
     assert Path(result["gt_json"]).is_file()
+    evaluated, trained = (json.loads((d / "per_class.json").read_text()) for d in (tmp_path, out))
+    for kind, rows in trained.items():
+        assert [r["id"] for r in evaluated[kind]] == [r["id"] for r in rows]
+        for got, want in zip(evaluated[kind], rows, strict=True):
+            assert got == pytest.approx(want, abs=1e-9)
     for name in ("metrics.json", "bbox_results.json", "segm_results.json"):
         assert (tmp_path / name).is_file()
     segm = json.loads((tmp_path / "segm_results.json").read_text())
@@ -139,3 +147,24 @@ def test_ddp_two_cpu_processes_one_run_dir_and_same_ap(align_run, data_dir, tmp_
     ddp_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert ddp_metrics[key] == pytest.approx(metrics[key], abs=1e-9), key
+
+
+def test_training_logs_per_class_ap_and_pr_curves(align_run):
+    """per_class.json beside metrics.json, per-class AP scalars and COCOeval's PR curves in TensorBoard."""
+    out, metrics = align_run
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert set(per_class) == {"bbox", "segm"}
+    for row in per_class["segm"]:
+        assert set(row) == {"id", "name", "AP", "AP50", "AP75"} and 0.0 <= row["AP"] <= 1.0
+
+    accumulator = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    assert {f"pr/{kind}_iou{iou}" for kind in ("bbox", "segm") for iou in (50, 75)} <= set(tags["tensors"])
+    assert {f"val_per_class/segm_AP/{row['name']}" for row in per_class["segm"]} <= set(tags["scalars"])
+    for kind in ("bbox", "segm"):
+        (last, *_) = accumulator.Tensors(f"pr/{kind}_iou50")[::-1]
+        tp, fp, tn, fn, precision, recall = tensor_util.make_ndarray(last.tensor_proto)
+        assert recall[0] == 1.0 and recall[-1] == 0.0 and len(recall) == 101
+        assert precision.mean() == pytest.approx(metrics[f"{kind}/AP50"], abs=1e-6), "COCO's AP50 is its mean"
+        assert np.allclose(tp + fn, tp[0] + fn[0]) and tp[0] + fn[0] > 0, "one ground-truth count"
