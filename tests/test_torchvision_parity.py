@@ -9,8 +9,8 @@ The class scores are spread first (random weights give near-uniform scores), so 
 
 import pytest
 import torch
-from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import maskrcnn_inference
+from torchvision_reference import random_torchvision_maskrcnn
 
 from maskrcnn.builders import build_model
 from maskrcnn.torchvision_weights import rename_torchvision_keys
@@ -23,19 +23,7 @@ PROPOSALS, DETECTIONS = 300, 25
 
 @pytest.fixture(scope="module")
 def torchvision_model():
-    torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=91,
-        min_size=MIN_SIZE,
-        max_size=MAX_SIZE,
-        rpn_pre_nms_top_n_test=PROPOSALS,
-        rpn_post_nms_top_n_test=PROPOSALS,
-        box_detections_per_img=DETECTIONS,
-    ).eval()
-    torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.01)
-    return model
+    return random_torchvision_maskrcnn(MIN_SIZE, MAX_SIZE, PROPOSALS, DETECTIONS)
 
 
 @pytest.fixture(scope="module")

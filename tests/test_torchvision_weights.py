@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.models.detection import maskrcnn_resnet50_fpn
+from torchvision_reference import random_torchvision_maskrcnn
 
 from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.torchvision_weights import coco_classes, convert
@@ -30,18 +30,7 @@ SHAPES = [(200, 240), (180, 256), (200, 240)]  # (h, w); two alike, so one val b
 def torchvision_setup(tmp_path_factory):
     """-> (weights file, COCO root, torchvision's predictions on the val images)."""
     root = tmp_path_factory.mktemp("tv_weights")
-    torch.manual_seed(0)
-    model = maskrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=91,
-        min_size=SIZE,
-        max_size=SIZE,
-        rpn_pre_nms_top_n_test=PROPOSALS,
-        rpn_post_nms_top_n_test=PROPOSALS,
-        box_detections_per_img=DETECTIONS,
-    ).eval()
-    torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.01)  # spread the scores
+    model = random_torchvision_maskrcnn(SIZE, SIZE, PROPOSALS, DETECTIONS)
     weights = root / "maskrcnn_resnet50_fpn_random.pth"
     torch.save(model.state_dict(), weights)
 
