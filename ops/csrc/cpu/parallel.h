@@ -40,8 +40,9 @@ void parallel_dynamic(int64_t n, int threads, const F& f) {
 }
 
 // dst[j * ld_dst + i] = src[i * ld_src + j] for i < M, j < N, converting S to D. 32-bit elements of one type
-// (float, and int32 argmax moved as float bits: shuffles and masked loads/stores never change bits) use
-// ATen's vectorised 16 x 16 (AVX-512) or 8 x 8 (AVX2) block transposes; the rest 16 x 16 scalar blocks.
+// (float, and int32 argmax moved as float bits: shuffles and loads/stores never change bits) go through ATen's
+// vectorised block transposes, 16 x 16 (AVX-512) or 8 x 8 (AVX2), on the whole blocks; the remainders (the last
+// row of a 49-bin tile, ...) are copied element by element, cheaper than a masked block transpose for them.
 template <typename S, typename D>
 inline void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int64_t M, int64_t N) {
   constexpr bool bits32 = std::is_same_v<S, D> && sizeof(S) == 4;
@@ -50,20 +51,21 @@ inline void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int6
     const float* s = reinterpret_cast<const float*>(src);
     float* d = reinterpret_cast<float*>(dst);
 #if defined(CPU_CAPABILITY_AVX512)
-    at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, static_cast<int>(M), static_cast<int>(N));
-    return;
+    constexpr int64_t B = 16;
 #elif defined(CPU_CAPABILITY_AVX2)
-    m0 = M / 8 * 8;
-    n0 = N / 8 * 8;
-    for (int64_t i = 0; i < m0; i += 8) {
-      for (int64_t j = 0; j < n0; j += 8) {
-        at::vec::transpose_mxn<float, 8, 8>(s + i * ld_src + j, ld_src, d + j * ld_dst + i, ld_dst);
+    constexpr int64_t B = 8;
+#else
+    constexpr int64_t B = 0;
+#endif
+    if constexpr (B > 0) {
+      m0 = M / B * B;
+      n0 = N / B * B;
+      for (int64_t i = 0; i < m0; i += B) {
+        for (int64_t j = 0; j < n0; j += B) {
+          at::vec::transpose_mxn<float, B, B>(s + i * ld_src + j, ld_src, d + j * ld_dst + i, ld_dst);
+        }
       }
     }
-#else
-    (void)s;
-    (void)d;
-#endif
   }
   const auto block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     for (int64_t ib = i0; ib < i1; ib += 16) {
