@@ -93,9 +93,9 @@ inline void max_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int
 template <typename scalar_t, typename T>
 void sampled_forward(const std::vector<const scalar_t*>& in, const std::vector<RoiTable<T>>& tables,
                      const ByImage& by_image, const Levels& lv, int64_t ph, int64_t pw, bool max_mode,
-                     scalar_t* out, int32_t* am) {
+                     scalar_t* out, int32_t* am, int threads) {
   const int64_t N = lv.N, C = lv.C;
-  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * C, threads > 1 ? 1 : N * C, [&](int64_t b, int64_t e) {
     for (int64_t nc = b; nc < e; ++nc) {
       const int64_t n = nc % N, c = nc / N;  // see "plane order" at the top
       for (const int64_t k : by_image[n]) {
@@ -143,9 +143,9 @@ inline void pool_roi_plane(const scalar_t* plane, int64_t W, const int64_t* hs, 
 
 template <typename scalar_t, typename T>
 void pool_forward(const std::vector<const scalar_t*>& in, const PoolBins& bins, const ByImage& by_image,
-                  const Levels& lv, int64_t ph, int64_t pw, scalar_t* out, int32_t* am) {
+                  const Levels& lv, int64_t ph, int64_t pw, scalar_t* out, int32_t* am, int threads) {
   const int64_t N = lv.N, C = lv.C;
-  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * C, threads > 1 ? 1 : N * C, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t n = i % N, c = i / N;
       for (const int64_t k : by_image[n]) {
@@ -164,10 +164,10 @@ void pool_forward(const std::vector<const scalar_t*>& in, const PoolBins& bins, 
 // argmax.
 template <typename T, typename AddRoi>
 void scatter(const std::vector<T*>& acc, const Levels& lv, const ByImage& by_image, const AddRoi& add,
-             const char* bad_argmax_message) {
+             const char* bad_argmax_message, int threads) {
   const int64_t N = lv.N, C = lv.C, L = lv.count();
   std::atomic<bool> bad_argmax{false};
-  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * C, threads > 1 ? 1 : N * C, [&](int64_t b, int64_t e) {
     std::vector<T*> planes(L);
     for (int64_t nc = b; nc < e; ++nc) {
       const int64_t n = nc % N, c = nc / N;
@@ -184,7 +184,7 @@ void scatter(const std::vector<T*>& acc, const Levels& lv, const ByImage& by_ima
 template <typename scalar_t, typename T>
 void sampled_backward(const scalar_t* g, const int32_t* am, const std::vector<RoiTable<T>>& tables,
                       const ByImage& by_image, const Levels& lv, int64_t ph, int64_t pw, bool max_mode,
-                      const std::vector<T*>& acc, const char* bad_argmax_message) {
+                      const std::vector<T*>& acc, const char* bad_argmax_message, int threads) {
   const int64_t C = lv.C, PP = ph * pw;
   const auto add = [&](int64_t k, int64_t c, T* gi) {
     const RoiTable<T>& t = tables[k];
@@ -217,19 +217,19 @@ void sampled_backward(const scalar_t* g, const int32_t* am, const std::vector<Ro
     }
     return true;
   };
-  scatter<T>(acc, lv, by_image, add, bad_argmax_message);
+  scatter<T>(acc, lv, by_image, add, bad_argmax_message, threads);
 }
 
 // RoIPool. g / am: [K, C, ph, pw].
 template <typename scalar_t, typename T>
 void pool_backward(const scalar_t* g, const int32_t* am, const ByImage& by_image, const Levels& lv, int64_t PP,
-                   const std::vector<T*>& acc, const char* bad_argmax_message) {
+                   const std::vector<T*>& acc, const char* bad_argmax_message, int threads) {
   const int64_t C = lv.C;
   const auto add = [&](int64_t k, int64_t c, T* gi) {
     const int64_t o = (k * C + c) * PP;
     return pool_scatter<scalar_t, T>(g + o, am + o, 1, PP, gi, 1, lv.plane(lv.of(k)));
   };
-  scatter<T>(acc, lv, by_image, add, bad_argmax_message);
+  scatter<T>(acc, lv, by_image, add, bad_argmax_message, threads);
 }
 
 }  // namespace nchw
