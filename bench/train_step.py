@@ -59,9 +59,11 @@ PARTS = ("transform", "backbone", "rpn", "roi_heads")
 
 
 def is_roi_op(name: str) -> bool:
-    """Our RoI ops (roi_ops::multilevel_roi_forward / _backward) or torchvision's (torchvision::roi_align,
-    torchvision::_roi_align_backward, ...), not the autograd wrappers around them."""
-    return name.startswith("roi_ops::") or (name.startswith("torchvision::") and "roi_" in name)
+    """A profiler event of our RoI ops or torchvision's: the dispatcher entries (roi_ops::multilevel_roi_forward,
+    torchvision::roi_align, torchvision::_roi_align_backward, ...), the autograd kernels under them
+    (GeneratedBackwardFor_roi_ops_..._default: the forward kernel's time is their self time) and the backward
+    nodes (GeneratedBackwardFor_..._defaultBackward and the engine's evaluate_function around them)."""
+    return "roi_ops" in name or ("torchvision" in name and "roi_" in name)
 
 
 # Inclusive-time ranges of the RoI heads' pooling (forward): our detector's extractors and its mask-target crop.
@@ -234,6 +236,16 @@ def profiled_ranges(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
+def roi_ancestor(event) -> bool:
+    """Is this event inside a RoI-op event (the dispatcher nests an op's autograd and backend kernels in it)?"""
+    event = event.cpu_parent
+    while event is not None:
+        if is_roi_op(event.name):
+            return True
+        event = event.cpu_parent
+    return False
+
+
 def in_backward(event) -> bool:
     """Did the autograd engine run this profiler event (the backward pass)?"""
     while event is not None:
@@ -265,7 +277,7 @@ def profiled_step(model, optimizer, batch, device, autocast) -> dict:
         inclusive = (e.device_time_total if device.type == "cuda" else e.cpu_time_total) / 1e3
         if e.name in RANGES:
             ranges[e.name] += inclusive
-        if is_roi_op(e.name):  # with what they call (torchvision's backward zero-fills its gradient with at::zeros)
+        if is_roi_op(e.name) and not roi_ancestor(e):  # with what they call (torchvision's backward: at::zeros)
             roi_inclusive[phase] += inclusive
     return {
         "step": step,
