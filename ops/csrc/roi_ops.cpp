@@ -161,12 +161,12 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "roi_ops_backward", [&] {
     using T = at::opmath_type<scalar_t>;
     const Route rt = route<T>(channels_last, false, lv, K, PP);
-    // Blocked: the gradients themselves (every element written; channels_last: [N, H_l, W_l, C]); nchw: zeroed
-    // accumulators [N, C, H_l, W_l] of T (the gradients themselves for float and double).
+    // Blocked: the gradients themselves (every element written; channels_last: [N, H_l, W_l, C]); nchw:
+    // accumulators [N, C, H_l, W_l] of T (the gradients themselves for float and double), zeroed by nchw::scatter.
     std::vector<Tensor> bufs;
     for (int64_t l = 0; l < L; ++l) {
       if (rt == Route::Nchw) {
-        bufs.push_back(new_zeroed_buffer({N, C, lv.H[l], lv.W[l]}, acc_type));
+        bufs.push_back(new_buffer({N, C, lv.H[l], lv.W[l]}, acc_type));
       } else if (channels_last) {
         bufs.push_back(new_buffer({N, lv.H[l], lv.W[l], C}, dtype));
       } else {
