@@ -12,7 +12,7 @@ machine hits them alike; medians are reported.
 
     python -m bench.multilevel --device cpu --repeat 9
 
-Writes bench/results/multilevel_<device>.json.
+Writes bench/results/multilevel_<device>_<machine>.json (one file per machine).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 import ops
 from bench.report import write_json
-from bench.roi_ops import RESULTS, STRIDES, machine, make_workload, sync
+from bench.roi_ops import RESULTS, STRIDES, machine, machine_slug, make_workload, sync
 from roi_heads.roi_op import pool_by_level
 
 SCALES = [1.0 / s for s in STRIDES]
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeat", type=int, default=9)
-    p.add_argument("--out", default=None, help="JSON path (default bench/results/multilevel_<device>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/multilevel_<device>_<machine>.json)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     info = machine(device)
@@ -98,7 +98,8 @@ def main(argv=None) -> dict:
         print(f"{row['output']}: " + ", ".join(cells) + f"; grouped / fused (fwd+bwd) {ratio:.2f}x")
     info["load_average_at_end"] = os.getloadavg()
     record = {"device": args.device, "repeat": args.repeat, "machine": info, "results": rows}
-    write_json(Path(args.out) if args.out else RESULTS / f"multilevel_{args.device}.json", record)
+    default = RESULTS / f"multilevel_{args.device}_{machine_slug(info)}.json"
+    write_json(Path(args.out) if args.out else default, record)
     return record
 
 

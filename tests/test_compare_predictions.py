@@ -1,29 +1,25 @@
 """maskrcnn.analysis.compare_predictions (+ trained_run): two runs' masks side by side on val images chosen by id."""
 
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
 from maskrcnn.analysis import compare_predictions
 from maskrcnn.analysis.trained_run import load_run
+from maskrcnn.config import compose_config
 from maskrcnn.lightning_module import CHECKPOINT_FORMAT
 from maskrcnn.training import build_module
 from maskrcnn.viz import draw_prediction, draw_truth
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def _make_run(root, roi, data_dir):
     """A run dir with checkpoints/last.ckpt as train.py's checkpoints hold it (DetectorModule's arguments +
     its weights), untrained; the tiny shapes val set of experiment=smoke is generated into data_dir."""
     run = root / f"smoke_{roi}_s0"
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", ["experiment=smoke", f"roi={roi}", f"paths.data_dir={data_dir}",
-                                f"paths.output_dir={run}", "model.roi_heads.detections_per_img=5"])  # fast pasting
+    cfg = compose_config("train", ["experiment=smoke", f"roi={roi}", f"paths.data_dir={data_dir}",
+                                   f"paths.output_dir={run}", "model.roi_heads.detections_per_img=5"])  # fast pasting
     datamodule = instantiate(cfg.data.module)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -94,9 +90,8 @@ def test_compare_reads_a_checkpoint_that_training_wrote(tmp_path):
     from maskrcnn.training import train
 
     run = tmp_path / "smoke_pool_s0"
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", ["experiment=smoke", "roi=pool", f"paths.data_dir={tmp_path / 'data'}",
-                                f"paths.output_dir={run}", "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    cfg = compose_config("train", ["experiment=smoke", "roi=pool", f"paths.data_dir={tmp_path / 'data'}",
+                                   f"paths.output_dir={run}", "trainer.max_steps=2", "trainer.val_check_interval=2"])
     train(cfg)
     out = tmp_path / "cmp.png"
     compare_predictions.main([str(run), str(run), "--image-ids", "1", "--out", str(out)])

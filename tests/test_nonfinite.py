@@ -2,7 +2,6 @@
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -46,11 +45,10 @@ class StateAfterEachStep(pl.Callback):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """(config dict, train dataset) of experiment=smoke."""
-    from hydra import compose, initialize_config_dir
+    from maskrcnn.config import compose_config
 
     data_dir = tmp_path_factory.mktemp("data")
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        cfg = compose("train", ["experiment=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={data_dir}"])
+    cfg = compose_config("train", ["experiment=smoke", f"paths.data_dir={data_dir}", f"paths.output_dir={data_dir}"])
     datamodule = instantiate(cfg.data.module)
     datamodule.prepare_data()
     datamodule.setup("fit")

@@ -29,11 +29,10 @@ def _smoke_overrides(data_dir: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def align_run(data_dir, tmp_path_factory):
-    from hydra import compose, initialize_config_dir
+    from maskrcnn.config import compose_config
 
     out = tmp_path_factory.mktemp("align_run")
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", _smoke_overrides(data_dir, out, "roi=align"))
+    cfg = compose_config("train", _smoke_overrides(data_dir, out, "roi=align"))
     return out, train(cfg)
 
 

@@ -32,6 +32,7 @@
 #include "cpu/layout.h"
 #include "cpu/nchw.h"
 #include "cpu/nhwc.h"
+#include "cpu/parallel.h"
 #include "cpu/tables.h"
 #include "cpu/vec_bins.h"
 #include "host_checks.h"
@@ -93,29 +94,35 @@ std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, con
     int32_t* am = has_argmax ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     const auto by_image = rois_by_image<T>(r, K, N);
     const Route rt = route<T>(channels_last, true, lv, K, PP);
+    // Threads for the call's work (kernel work + outputs + the maps a blocked call transposes).
+    const auto threads_for = [&](double work) {
+      return worker_threads(work + static_cast<double>(C) * (K * PP + (rt == Route::Blocked ? lv.pixels() : 0)));
+    };
     // The vector kernels' tiles of RoI k from `base` (the map, or a transposed channel block: element type M).
-    const auto run = [&](const auto& tile) {
+    const auto run = [&](int threads, const auto& tile) {
       if (rt == Route::Nhwc) {
-        nhwc::forward<scalar_t, T>(in, batch_indices<T>(r, K), lv, K, PP, out, am, tile);
+        nhwc::forward<scalar_t, T>(in, batch_indices<T>(r, K), lv, K, PP, out, am, threads, tile);
       } else {
-        blocked::forward<scalar_t, T>(in, by_image, lv, PP, out, am, tile);
+        blocked::forward<scalar_t, T>(in, by_image, lv, PP, out, am, threads, tile);
       }
     };
     if (pool) {
       PoolBins bins;
       bins.build<T>(r, K, lv, ph, pw);
-      if (rt == Route::Nchw) return nchw::pool_forward<scalar_t, T>(in, bins, by_image, lv, ph, pw, out, am);
-      return run([&](int64_t k, const auto* base, int64_t ps, int64_t nc, T* values, int32_t* argmaxes) {
+      const int threads = threads_for(bins.work(C));
+      if (rt == Route::Nchw) return nchw::pool_forward<scalar_t, T>(in, bins, by_image, lv, ph, pw, out, am, threads);
+      return run(threads, [&](int64_t k, const auto* base, int64_t ps, int64_t nc, T* values, int32_t* argmaxes) {
         using M = std::remove_cv_t<std::remove_pointer_t<decltype(base)>>;
         vec_bins::pool_tile<M, T>(bins, k, base, ps, lv.W[lv.of(k)], ph, pw, nc, values, argmaxes);
       });
     }
     const SampleParams sp{kind, ph, pw, sampling_ratio, kind == OpKind::Align ? aligned : true};
     const std::vector<RoiTable<T>> tables = roi_tables<T>(r, K, lv, sp);
+    const int threads = threads_for(sampled_work(tables, C));
     if (rt == Route::Nchw) {
-      return nchw::sampled_forward<scalar_t, T>(in, tables, by_image, lv, ph, pw, max_mode, out, am);
+      return nchw::sampled_forward<scalar_t, T>(in, tables, by_image, lv, ph, pw, max_mode, out, am, threads);
     }
-    run([&](int64_t k, const auto* base, int64_t ps, int64_t nc, T* values, int32_t* argmaxes) {
+    run(threads, [&](int64_t k, const auto* base, int64_t ps, int64_t nc, T* values, int32_t* argmaxes) {
       using M = std::remove_cv_t<std::remove_pointer_t<decltype(base)>>;
       const int64_t W = lv.W[lv.of(k)];
       if (max_mode) {
@@ -154,12 +161,12 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "roi_ops_backward", [&] {
     using T = at::opmath_type<scalar_t>;
     const Route rt = route<T>(channels_last, false, lv, K, PP);
-    // Blocked: the gradients themselves (every element written; channels_last: [N, H_l, W_l, C]); nchw: zeroed
-    // accumulators [N, C, H_l, W_l] of T (the gradients themselves for float and double).
+    // Blocked: the gradients themselves (every element written; channels_last: [N, H_l, W_l, C]); nchw:
+    // accumulators [N, C, H_l, W_l] of T (the gradients themselves for float and double), zeroed by nchw::scatter.
     std::vector<Tensor> bufs;
     for (int64_t l = 0; l < L; ++l) {
       if (rt == Route::Nchw) {
-        bufs.push_back(new_zeroed_buffer({N, C, lv.H[l], lv.W[l]}, acc_type));
+        bufs.push_back(new_buffer({N, C, lv.H[l], lv.W[l]}, acc_type));
       } else if (channels_last) {
         bufs.push_back(new_buffer({N, lv.H[l], lv.W[l], C}, dtype));
       } else {
@@ -171,18 +178,23 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
       const int32_t* am = need_argmax ? argmax.const_data_ptr<int32_t>() : nullptr;
       const auto by_image = rois_by_image<T>(r, K, N);
+      // Threads for the call's work (kernel work + upstream gradient + the gradients a blocked call writes).
+      const auto threads_for = [&](double work) {
+        return worker_threads(work + static_cast<double>(C) * (K * PP + (rt == Route::Blocked ? lv.pixels() : 0)));
+      };
       // RoI k's contribution through the vector kernels (vec_bins.h).
-      const auto run = [&](const auto& add) {
-        blocked::backward<scalar_t, T>(g, am, mutable_ptrs<scalar_t>(bufs), channels_last, lv, by_image, PP, add,
-                                       bad.c_str());
+      const auto run = [&](int threads, const auto& add) {
+        blocked::backward<scalar_t, T>(g, am, mutable_ptrs<scalar_t>(bufs), channels_last, lv, by_image, PP, threads,
+                                       add, bad.c_str());
       };
       if (pool) {
         PoolBins bins;
         bins.build<T>(r, K, lv, ph, pw);
+        const int threads = threads_for(bins.work(C));
         if (rt == Route::Nchw) {
-          nchw::pool_backward<scalar_t, T>(g, am, by_image, lv, PP, mutable_ptrs<T>(bufs), bad.c_str());
+          nchw::pool_backward<scalar_t, T>(g, am, by_image, lv, PP, mutable_ptrs<T>(bufs), bad.c_str(), threads);
         } else {
-          run([&](int64_t k, int64_t nc, const T* gt, const int32_t* at, T* base, int64_t ps) {
+          run(threads, [&](int64_t k, int64_t nc, const T* gt, const int32_t* at, T* base, int64_t ps) {
             const int64_t l = lv.of(k);
             return vec_bins::pool_scatter_tile<T>(bins, k, gt, at, base, ps, lv.W[l], lv.plane(l), ph, pw, nc);
           });
@@ -190,11 +202,12 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
       } else {
         const SampleParams sp{kind, ph, pw, sampling_ratio, kind == OpKind::Align ? aligned : true};
         const std::vector<RoiTable<T>> tables = roi_tables<T>(r, K, lv, sp);
+        const int threads = threads_for(sampled_work(tables, C));
         if (rt == Route::Nchw) {
           nchw::sampled_backward<scalar_t, T>(g, am, tables, by_image, lv, ph, pw, max_mode, mutable_ptrs<T>(bufs),
-                                              bad.c_str());
+                                              bad.c_str(), threads);
         } else {
-          run([&](int64_t k, int64_t nc, const T* gt, const int32_t* at, T* base, int64_t ps) {
+          run(threads, [&](int64_t k, int64_t nc, const T* gt, const int32_t* at, T* base, int64_t ps) {
             const int64_t W = lv.W[lv.of(k)];
             if (max_mode) return vec_bins::max_scatter_tile<T>(tables[k], gt, at, base, ps, W, ph, pw, nc);
             vec_bins::avg_scatter<T>(tables[k], gt, base, ps, W, ph, pw, nc);

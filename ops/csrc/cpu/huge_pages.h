@@ -1,4 +1,4 @@
-// new_buffer() / new_zeroed_buffer(): contiguous CPU tensors for the CPU kernels' large outputs.
+// new_buffer(): uninitialized contiguous CPU tensors for the CPU kernels' large outputs.
 //
 // Every op writes its (large) outputs exactly once right after allocating them. Fresh multi-MB buffers come
 // straight from mmap, so with 4 KiB pages the first touch costs a page fault per 4 KiB: ~0.25 ms per MB on the
@@ -8,10 +8,6 @@
 // here only for our outputs): ~4x cheaper first touch. Where THP is off the advice is ignored and nothing
 // changes. Freed buffers are recycled (BufferCache below). ROI_OPS_HUGEPAGES=0 disables both; elsewhere than
 // Linux new_buffer is at::empty.
-//
-// nchw.h's backward accumulates in the gradients themselves, so they must start at zero. The kernel hands out
-// fresh anonymous pages zeroed already (at their first touch), so new_zeroed_buffer maps them itself and does not
-// zero them a second time, as at::zeros would (one more pass over the gradients of every level).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,7 +17,6 @@
 #include <sys/mman.h>
 
 #include <cstddef>
-#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -100,33 +95,6 @@ struct HugePageAllocator final : c10::Allocator {
   }
 };
 
-// Fresh anonymous mappings (zero-filled by the kernel), 2 MiB-aligned and advised MADV_HUGEPAGE.
-struct ZeroedHugePageAllocator final : c10::Allocator {
-  static constexpr size_t kHuge = HugePageAllocator::kHuge;
-  struct Mapping {
-    void* base;
-    size_t length;
-  };
-  c10::DataPtr allocate(size_t n) override {
-    const size_t length = (n > 0 ? n : 1) + kHuge;  // room to align the start
-    void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) throw std::bad_alloc();
-    const uintptr_t start = (reinterpret_cast<uintptr_t>(base) + kHuge - 1) / kHuge * kHuge;
-    void* p = reinterpret_cast<void*>(start);
-    if (n / kHuge > 0) (void)madvise(p, n / kHuge * kHuge, MADV_HUGEPAGE);
-    return {p, new Mapping{base, length}, &release, c10::Device(c10::DeviceType::CPU)};
-  }
-  static void release(void* ctx) {
-    const Mapping* m = static_cast<Mapping*>(ctx);
-    munmap(m->base, m->length);
-    delete m;
-  }
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }  // the context, not the pointer, frees
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
-};
-
 inline bool hugepages_enabled() {
   static const bool on = [] {
     const char* v = std::getenv("ROI_OPS_HUGEPAGES");
@@ -148,20 +116,6 @@ inline at::Tensor new_buffer(at::IntArrayRef sizes, at::ScalarType dtype) {
   }
 #endif
   return at::empty(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
-}
-
-// Zero-filled contiguous CPU tensor (fresh huge-page-advised pages when large, on Linux).
-inline at::Tensor new_zeroed_buffer(at::IntArrayRef sizes, at::ScalarType dtype) {
-#if defined(__linux__)
-  int64_t numel = 1;
-  for (const int64_t s : sizes) numel *= s;
-  if (hugepages_enabled() && numel * static_cast<int64_t>(c10::elementSize(dtype)) >= (int64_t(4) << 20)) {
-    static ZeroedHugePageAllocator allocator;
-    return at::detail::empty_generic(sizes, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
-                                     std::nullopt);
-  }
-#endif
-  return at::zeros(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
 }
 
 }  // namespace roi_ops

@@ -16,10 +16,10 @@
 namespace roi_ops {
 
 // Bins (K * ph * pw) per map pixel (N * sum of H_l * W_l) from which NCHW maps take blocked.h. Measured with
-// bench/roi_ops.py --nchw-kernels on the FPN workload (2-core Xeon, AVX-512): planes / blocked time for 7x7
-// RoIAlign and RoIPool, forward + backward, 0.8-1.1x at 0.005 bins per pixel, 1.1-1.4x at 0.022, 1.6-2.3x at
-// 0.087, 2.5-3.7x at 0.35 (bench/results/roi_ops_nchw_kernels_cpu_*.json). With one channel (the mask-target
-// crop) planes is 4-10x faster: C must fill a vector.
+// bench/roi_ops.py --nchw-kernels on the FPN workload (2-core Xeon, AVX-512, two runs): planes / blocked time for
+// 7x7 RoIAlign and RoIPool, forward + backward, 0.6-0.9x at 0.005 bins per pixel, 0.95-1.6x at 0.022, 1.6-3.0x at
+// 0.087, 1.8-4.0x at 0.35 (bench/results/roi_ops_nchw_kernels_cpu_*.json). With one channel (the mask-target
+// crop) planes is 3x faster: C must fill a vector.
 constexpr double kBlockedBinsPerPixel = 0.015;
 
 // ROI_OPS_NCHW_KERNEL=planes|blocked forces the kernels of NCHW maps (for benchmarks); unset or "auto": the rule.

@@ -2,10 +2,10 @@
 //
 //   forward : parallel over the (n, c) planes; each visits the RoIs of image n, so the plane stays in cache
 //             while all of them read it. Output [K, C, ph, pw] is written (k, c) by (k, c).
-//   backward: parallel over the (n, c) planes of grad_input (of every level). Each thread owns its planes and
-//             visits the RoIs of image n in ascending order, so there are no atomics and the result is bitwise
+//   backward: parallel over blocks of (n, c) planes of grad_input (of every level). Each item owns its planes
+//             and visits the RoIs of image n in ascending order, so there are no atomics and the result is bitwise
 //             deterministic (independent of the number of threads), with the summation order per element of a
-//             sequential loop over RoIs. nhwc.h adds in the same order, so both layouts give the same bits.
+//             sequential loop over RoIs. blocked.h adds in the same order, so every route gives the same bits.
 //   plane order: work item i is the plane (n = i % N, c = i / N), so the contiguous item range of each thread
 //             spans all images (one image per thread would leave the threads as unbalanced as the images' RoI
 //             counts / areas, 10-20% on the bench workload).
@@ -21,6 +21,7 @@
 #include <cfloat>
 #include <vector>
 
+#include "parallel.h"
 #include "scatter.h"
 #include "tables.h"
 
@@ -93,9 +94,9 @@ inline void max_bins(const RoiTable<T>& t, const scalar_t* plane, int64_t W, int
 template <typename scalar_t, typename T>
 void sampled_forward(const std::vector<const scalar_t*>& in, const std::vector<RoiTable<T>>& tables,
                      const ByImage& by_image, const Levels& lv, int64_t ph, int64_t pw, bool max_mode,
-                     scalar_t* out, int32_t* am) {
+                     scalar_t* out, int32_t* am, int threads) {
   const int64_t N = lv.N, C = lv.C;
-  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * C, threads > 1 ? 1 : N * C, [&](int64_t b, int64_t e) {
     for (int64_t nc = b; nc < e; ++nc) {
       const int64_t n = nc % N, c = nc / N;  // see "plane order" at the top
       for (const int64_t k : by_image[n]) {
@@ -143,9 +144,9 @@ inline void pool_roi_plane(const scalar_t* plane, int64_t W, const int64_t* hs, 
 
 template <typename scalar_t, typename T>
 void pool_forward(const std::vector<const scalar_t*>& in, const PoolBins& bins, const ByImage& by_image,
-                  const Levels& lv, int64_t ph, int64_t pw, scalar_t* out, int32_t* am) {
+                  const Levels& lv, int64_t ph, int64_t pw, scalar_t* out, int32_t* am, int threads) {
   const int64_t N = lv.N, C = lv.C;
-  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, N * C, threads > 1 ? 1 : N * C, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t n = i % N, c = i / N;
       for (const int64_t k : by_image[n]) {
@@ -159,21 +160,27 @@ void pool_forward(const std::vector<const scalar_t*>& in, const PoolBins& bins, 
 }
 
 // ------------------------------------------------------------------------------------------------
-// Backward (shared by all ops): acc[l] is level l's gradient [N, C, H_l, W_l] in T, zero on entry.
-// add(k, c, plane of RoI k's level) adds RoI k's contribution on channel c; it returns false for a corrupt
-// argmax.
+// Backward (shared by all ops): acc[l] is level l's gradient [N, C, H_l, W_l] in T, zeroed here by the owner of
+// each plane. A work item owns the planes of kPlanesPerItem channels of one image (scheduled dynamically) and
+// visits the image's RoIs in ascending order, adding each one's channels in turn: the upstream gradient of those
+// channels is one contiguous block per RoI, and the planes stay in cache. add(k, c, plane of RoI k's level) adds
+// RoI k's contribution on channel c; it returns false for a corrupt argmax.
+constexpr int64_t kPlanesPerItem = 16;
+
 template <typename T, typename AddRoi>
 void scatter(const std::vector<T*>& acc, const Levels& lv, const ByImage& by_image, const AddRoi& add,
-             const char* bad_argmax_message) {
-  const int64_t N = lv.N, C = lv.C, L = lv.count();
+             const char* bad_argmax_message, int threads) {
+  const int64_t N = lv.N, C = lv.C, L = lv.count(), nb = (C + kPlanesPerItem - 1) / kPlanesPerItem;
   std::atomic<bool> bad_argmax{false};
-  at::parallel_for(0, N * C, 1, [&](int64_t b, int64_t e) {
-    std::vector<T*> planes(L);
-    for (int64_t nc = b; nc < e; ++nc) {
-      const int64_t n = nc % N, c = nc / N;
-      for (int64_t l = 0; l < L; ++l) planes[l] = acc[l] + (n * C + c) * lv.plane(l);
-      for (const int64_t k : by_image[n]) {
-        if (!add(k, c, planes[lv.of(k)])) bad_argmax = true;
+  parallel_dynamic(N * nb, threads, [&](int64_t item, int) {
+    const int64_t n = item % N, c0 = item / N * kPlanesPerItem, c1 = std::min(C, c0 + kPlanesPerItem);
+    for (int64_t l = 0; l < L; ++l) {
+      std::fill(acc[l] + (n * C + c0) * lv.plane(l), acc[l] + (n * C + c1) * lv.plane(l), T(0));
+    }
+    for (const int64_t k : by_image[n]) {
+      const int64_t l = lv.of(k);
+      for (int64_t c = c0; c < c1; ++c) {
+        if (!add(k, c, acc[l] + (n * C + c) * lv.plane(l))) bad_argmax = true;
       }
     }
   });
@@ -184,7 +191,7 @@ void scatter(const std::vector<T*>& acc, const Levels& lv, const ByImage& by_ima
 template <typename scalar_t, typename T>
 void sampled_backward(const scalar_t* g, const int32_t* am, const std::vector<RoiTable<T>>& tables,
                       const ByImage& by_image, const Levels& lv, int64_t ph, int64_t pw, bool max_mode,
-                      const std::vector<T*>& acc, const char* bad_argmax_message) {
+                      const std::vector<T*>& acc, const char* bad_argmax_message, int threads) {
   const int64_t C = lv.C, PP = ph * pw;
   const auto add = [&](int64_t k, int64_t c, T* gi) {
     const RoiTable<T>& t = tables[k];
@@ -217,19 +224,19 @@ void sampled_backward(const scalar_t* g, const int32_t* am, const std::vector<Ro
     }
     return true;
   };
-  scatter<T>(acc, lv, by_image, add, bad_argmax_message);
+  scatter<T>(acc, lv, by_image, add, bad_argmax_message, threads);
 }
 
 // RoIPool. g / am: [K, C, ph, pw].
 template <typename scalar_t, typename T>
 void pool_backward(const scalar_t* g, const int32_t* am, const ByImage& by_image, const Levels& lv, int64_t PP,
-                   const std::vector<T*>& acc, const char* bad_argmax_message) {
+                   const std::vector<T*>& acc, const char* bad_argmax_message, int threads) {
   const int64_t C = lv.C;
   const auto add = [&](int64_t k, int64_t c, T* gi) {
     const int64_t o = (k * C + c) * PP;
     return pool_scatter<scalar_t, T>(g + o, am + o, 1, PP, gi, 1, lv.plane(lv.of(k)));
   };
-  scatter<T>(acc, lv, by_image, add, bad_argmax_message);
+  scatter<T>(acc, lv, by_image, add, bad_argmax_message, threads);
 }
 
 }  // namespace nchw

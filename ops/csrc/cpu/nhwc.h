@@ -21,13 +21,13 @@ namespace nhwc {
 
 using ByImage = std::vector<std::vector<int64_t>>;
 
-// in[l]: map l as [N, H_l, W_l, C]; out / am: [K, C, ph, pw] (am: max modes and RoIPool, else nullptr).
+// in[l]: map l as [N, H_l, W_l, C]; out / am: [K, C, ph, pw] (am: max modes and RoIPool, else nullptr); on
+// `threads` threads (worker_threads).
 // tile(k, base, ps, nc, values, argmax) computes RoI k's tiles (vec_bins.h) for the nc channels at base.
 template <typename scalar_t, typename T, typename Tile>
 void forward(const std::vector<const scalar_t*>& in, const std::vector<int64_t>& image, const Levels& lv, int64_t K,
-             int64_t PP, scalar_t* out, int32_t* am, const Tile& tile) {
+             int64_t PP, scalar_t* out, int32_t* am, int threads, const Tile& tile) {
   const int64_t C = lv.C;
-  const int threads = at::get_num_threads();
   const int64_t cb = block_channels(C, K, threads, at::vec::Vectorized<T>::size()), nb = ceil_div(C, cb);
   struct Scratch {
     std::vector<T> values;

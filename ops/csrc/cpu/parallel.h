@@ -25,7 +25,16 @@ inline int64_t block_channels(int64_t C, int64_t units, int threads, int64_t V) 
   return ceil_div(vectors, blocks) * V;
 }
 
-// Runs f(item, thread) for items 0 .. n-1 on at::get_num_threads() threads (thread in [0, threads)), each thread
+// Calls with less work than this (values read and written: C x (4 neighbours x samples, or RoIPool cells, + outputs)
+// + the maps or gradients a blocked call transposes) run on the calling thread. Under about a millisecond of work,
+// waking and joining the pool's threads costs more than it saves on a busy machine: a mask-target crop (1 channel,
+// 32 RoIs, 28 x 28) took 0.9 ms on one thread, and with two threads its 90th percentile was 8-25 ms on the shared
+// 2-core development machine (one thread: 3-5 ms).
+constexpr double kSerialWork = 2e6;
+
+inline int worker_threads(double work) { return work < kSerialWork ? 1 : at::get_num_threads(); }
+
+// Runs f(item, thread) for items 0 .. n-1 on `threads` threads (thread in [0, threads)), each thread
 // taking the next item when it is done with one. Dynamic rather than at::parallel_for's static split: the items
 // (RoIs) differ in cost, and on a machine shared with other jobs a descheduled thread would hold back a static
 // split for its whole share.
@@ -40,8 +49,9 @@ void parallel_dynamic(int64_t n, int threads, const F& f) {
 }
 
 // dst[j * ld_dst + i] = src[i * ld_src + j] for i < M, j < N, converting S to D. 32-bit elements of one type
-// (float, and int32 argmax moved as float bits: shuffles and masked loads/stores never change bits) use
-// ATen's vectorised 16 x 16 (AVX-512) or 8 x 8 (AVX2) block transposes; the rest 16 x 16 scalar blocks.
+// (float, and int32 argmax moved as float bits: shuffles and loads/stores never change bits) go through ATen's
+// vectorised block transposes, 16 x 16 (AVX-512) or 8 x 8 (AVX2), on the whole blocks; the remainders (the last
+// row of a 49-bin tile, ...) are copied element by element, cheaper than a masked block transpose for them.
 template <typename S, typename D>
 inline void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int64_t M, int64_t N) {
   constexpr bool bits32 = std::is_same_v<S, D> && sizeof(S) == 4;
@@ -50,20 +60,21 @@ inline void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int6
     const float* s = reinterpret_cast<const float*>(src);
     float* d = reinterpret_cast<float*>(dst);
 #if defined(CPU_CAPABILITY_AVX512)
-    at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, static_cast<int>(M), static_cast<int>(N));
-    return;
+    constexpr int64_t B = 16;
 #elif defined(CPU_CAPABILITY_AVX2)
-    m0 = M / 8 * 8;
-    n0 = N / 8 * 8;
-    for (int64_t i = 0; i < m0; i += 8) {
-      for (int64_t j = 0; j < n0; j += 8) {
-        at::vec::transpose_mxn<float, 8, 8>(s + i * ld_src + j, ld_src, d + j * ld_dst + i, ld_dst);
+    constexpr int64_t B = 8;
+#else
+    constexpr int64_t B = 0;
+#endif
+    if constexpr (B > 0) {
+      m0 = M / B * B;
+      n0 = N / B * B;
+      for (int64_t i = 0; i < m0; i += B) {
+        for (int64_t j = 0; j < n0; j += B) {
+          at::vec::transpose_mxn<float, B, B>(s + i * ld_src + j, ld_src, d + j * ld_dst + i, ld_dst);
+        }
       }
     }
-#else
-    (void)s;
-    (void)d;
-#endif
   }
   const auto block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     for (int64_t ib = i0; ib < i1; ib += 16) {

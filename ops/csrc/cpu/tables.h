@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -166,13 +167,25 @@ std::vector<RoiTable<T>> roi_tables(const T* rois, int64_t K, const Levels& lv, 
   return tables;
 }
 
+// Values a sampled call reads: C x 4 neighbours x the valid samples of every RoI (see worker_threads).
+template <typename T>
+double sampled_work(const std::vector<RoiTable<T>>& tables, int64_t C) {
+  double samples = 0;
+  for (const RoiTable<T>& t : tables) samples += static_cast<double>(t.y.samples.size()) * t.x.samples.size();
+  return 4.0 * static_cast<double>(C) * samples;
+}
+
 // ------------------------------------------------------------------------------------------------
 // RoIPool: integer bins of every RoI: rows [hs, he) of bin p of RoI k at [k * ph + p], columns likewise.
 struct PoolBins {
+  int64_t K = 0, ph = 0, pw = 0;
   std::vector<int64_t> hs, he, ws, we;
 
   template <typename T>
-  void build(const T* rois, int64_t K, const Levels& lv, int64_t ph, int64_t pw) {
+  void build(const T* rois, int64_t K_, const Levels& lv, int64_t ph_, int64_t pw_) {
+    K = K_;
+    ph = ph_;
+    pw = pw_;
     hs.resize(K * ph);
     he.resize(K * ph);
     ws.resize(K * pw);
@@ -186,6 +199,18 @@ struct PoolBins {
       for (int64_t p = 0; p < ph; ++p) pool_bin<T>(ay, ph, p, lv.H[l], &hs[k * ph + p], &he[k * ph + p]);
       for (int64_t q = 0; q < pw; ++q) pool_bin<T>(ax, pw, q, lv.W[l], &ws[k * pw + q], &we[k * pw + q]);
     }
+  }
+
+  // Values read: C x the cells of every bin (see worker_threads).
+  double work(int64_t C) const {
+    double cells = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t rows = 0, cols = 0;
+      for (int64_t p = 0; p < ph; ++p) rows += std::max<int64_t>(he[k * ph + p] - hs[k * ph + p], 0);
+      for (int64_t q = 0; q < pw; ++q) cols += std::max<int64_t>(we[k * pw + q] - ws[k * pw + q], 0);
+      cells += static_cast<double>(rows) * static_cast<double>(cols);
+    }
+    return static_cast<double>(C) * cells;
   }
 };
 

@@ -262,7 +262,7 @@ bool max_scatter_tile(const RoiTable<T>& t, const T* gt, const int32_t* at, T* b
 
 // Bins of at most this many cells take the masked vector path of pool_scatter_tile (a masked add per cell
 // instead of one scalar add per channel).
-constexpr int64_t kMaskedPoolCells = 8;
+constexpr int64_t kMaskedPoolCells = 16;
 
 // RoIPool: each channel's gradient to its argmax pixel (pixel i at base[i * ps]); HW pixels in the map.
 template <typename T>
