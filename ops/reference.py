@@ -14,10 +14,10 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align_ref", "roi_pool_ref", "roi_warp_ref"]
+__all__ = ["roi_align_ref", "roi_pool_ref", "roi_warp_ref", "round_half_away"]
 
 
-def _round_half_away(v: float) -> int:
+def round_half_away(v: float) -> int:
     """C ``round()``: half away from zero (Python's ``round`` rounds half to even)."""
     return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
 
@@ -152,8 +152,8 @@ def roi_warp_ref(
     boxes = []
     for r in rois.detach().double().tolist():
         b, x1, y1, x2, y2 = r
-        qx1, qx2 = _round_half_away(x1 * spatial_scale), _round_half_away(x2 * spatial_scale)
-        qy1, qy2 = _round_half_away(y1 * spatial_scale), _round_half_away(y2 * spatial_scale)
+        qx1, qx2 = round_half_away(x1 * spatial_scale), round_half_away(x2 * spatial_scale)
+        qy1, qy2 = round_half_away(y1 * spatial_scale), round_half_away(y2 * spatial_scale)
         w, h = max(qx2 - qx1 + 1, 1), max(qy2 - qy1 + 1, 1)
         boxes.append([b, qx1, qy1, qx1 + w, qy1 + h])
     qrois = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 5)
@@ -167,8 +167,8 @@ def roi_pool_ref(input: Tensor, rois: Tensor, output_size, spatial_scale: float 
     outs = []
     for r in rois.detach().double().tolist():
         b, x1, y1, x2, y2 = r
-        qx1, qx2 = _round_half_away(x1 * spatial_scale), _round_half_away(x2 * spatial_scale)
-        qy1, qy2 = _round_half_away(y1 * spatial_scale), _round_half_away(y2 * spatial_scale)
+        qx1, qx2 = round_half_away(x1 * spatial_scale), round_half_away(x2 * spatial_scale)
+        qy1, qy2 = round_half_away(y1 * spatial_scale), round_half_away(y2 * spatial_scale)
         w, h = max(qx2 - qx1 + 1, 1), max(qy2 - qy1 + 1, 1)
         rows = []
         for p in range(ph):

@@ -28,15 +28,11 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
+from ops.reference import round_half_away  # noqa: E402
 from roi_heads.variants import Variant, find  # noqa: E402
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image px
 ROI_COLOR, GRID_COLOR = "#222222", "#b0b0b0"
-
-
-def round_half_away(v: float) -> int:
-    """C ``round()`` (Python's ``round`` rounds half to even)."""
-    return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
 
 
 @dataclass
