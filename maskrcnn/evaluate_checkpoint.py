@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from maskrcnn.callbacks import CocoEvaluation
 from maskrcnn.coco_eval import write_results
@@ -16,7 +17,8 @@ from maskrcnn.trained_model import load_detector
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Writes metrics.json (with gt_json), per_class.json, bbox_results.json and segm_results.json to the run dir."""
+    """Writes metrics.json (with gt_json), per_class.json, bbox_results.json and segm_results.json to the run dir,
+    and TensorBoard events (val metrics, per-class AP, PR curves; step 0) to its tensorboard/ folder."""
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
@@ -28,11 +30,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(run_cfg.data.module, classes=module.hparams.classes)
     if datamodule.shapes is None:
         datamodule.check_paths("validate")
+    output_dir = Path(cfg.paths.output_dir)
     evaluation = CocoEvaluation(cfg.eval.backend)
-    trainer = pl.Trainer(**cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[evaluation])
+    logger = TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="", default_hp_metric=False)
+    trainer = pl.Trainer(**cfg.trainer, logger=logger, enable_checkpointing=False, callbacks=[evaluation])
     trainer.validate(module, datamodule=datamodule, verbose=False)
 
-    output_dir = Path(cfg.paths.output_dir)
     metrics = {
         **run_metrics(OmegaConf.to_container(run_cfg, resolve=True), evaluation.metrics),
         "ckpt_path": str(ckpt_path.resolve()),

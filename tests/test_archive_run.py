@@ -1,7 +1,8 @@
-"""maskrcnn.analysis.archive_run: a run's metrics, configs and scalar events, without checkpoints or pictures."""
+"""maskrcnn.analysis.archive_run: a run's metrics, configs, scalar and PR-curve events; no checkpoints or pictures."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -9,6 +10,7 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto.event_pb2 import Event
 
 from maskrcnn.analysis import archive_run
+from maskrcnn.analysis.pr_curves import read_pr_curves
 
 
 @pytest.fixture
@@ -27,6 +29,9 @@ def run_dir(tmp_path):
         logger.log_metrics({"train/loss": 1.0 / (step + 1), "lr-SGD": 0.02 * step}, step=step)
     logger.experiment.add_image("val_images/1", torch.rand(3, 32, 32), 4)
     logger.experiment.add_histogram("weights", torch.randn(100), 4)
+    recall = np.linspace(1, 0, 11)
+    logger.experiment.add_pr_curve_raw("pr/segm_iou50", 10 * recall, np.ones(11), np.zeros(11), 10 - 10 * recall,
+                                       1 - recall / 2, recall, global_step=4, num_thresholds=11)  # fmt: skip
     logger.log_hyperparams({"roi": "align", "seed": 0}, {"hparams/segm_AP": 0.5})
     logger.finalize("success")
     return run
@@ -65,6 +70,10 @@ def test_archive_keeps_scalars_bit_for_bit_and_drops_pictures_and_checkpoints(ru
     assert {"train/loss", "lr-SGD", "hparams/segm_AP"} <= kept
     assert any(v.metadata.plugin_data.plugin_name == "hparams" for v in _values(after))
     assert after[0][1].HasField("file_version")
+    (curve,) = read_pr_curves(out / "tensorboard").values()
+    assert curve.tag == "pr/segm_iou50" and curve.step == 4, "PR curves are kept (6 x 101 floats each)"
+    recall = np.linspace(1, 0, 11)
+    assert np.allclose(curve.precision, 1 - recall / 2) and np.allclose(curve.recall, recall)
     assert sum(p.stat().st_size for p in out.glob("tensorboard/events*")) < sum(
         p.stat().st_size for p in run_dir.glob("tensorboard/events*")) / 2
 

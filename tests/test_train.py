@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.util import tensor_util
 
+from maskrcnn.analysis.pr_curves import read_pr_curves
 from maskrcnn.evaluate_checkpoint import evaluate
 from maskrcnn.training import train
 
@@ -99,6 +99,10 @@ def test_evaluate_reproduces_training_metrics(compose_cfg, align_run, tmp_path):
             assert got == pytest.approx(want, abs=1e-9)
     for name in ("metrics.json", "bbox_results.json", "segm_results.json"):
         assert (tmp_path / name).is_file()
+    curves = read_pr_curves(tmp_path / "tensorboard")
+    assert set(curves) == {f"pr/{kind}_iou{iou}" for kind in ("bbox", "segm") for iou in (50, 75)}
+    for kind in ("bbox", "segm"):
+        assert curves[f"pr/{kind}_iou50"].precision.mean() == pytest.approx(metrics[f"{kind}/AP50"], abs=1e-6)
     segm = json.loads((tmp_path / "segm_results.json").read_text())
     assert all({"image_id", "category_id", "segmentation", "score"} <= set(r) for r in segm)
 
@@ -156,14 +160,15 @@ def test_training_logs_per_class_ap_and_pr_curves(align_run):
     for row in per_class["segm"]:
         assert set(row) == {"id", "name", "AP", "AP50", "AP75"} and 0.0 <= row["AP"] <= 1.0
 
-    accumulator = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    accumulator = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     accumulator.Reload()
-    tags = accumulator.Tags()
-    assert {f"pr/{kind}_iou{iou}" for kind in ("bbox", "segm") for iou in (50, 75)} <= set(tags["tensors"])
-    assert {f"val_per_class/segm_AP/{row['name']}" for row in per_class["segm"]} <= set(tags["scalars"])
+    assert {f"val_per_class/segm_AP/{row['name']}" for row in per_class["segm"]} <= set(accumulator.Tags()["scalars"])
+    curves = read_pr_curves(out / "tensorboard")
+    assert set(curves) == {f"pr/{kind}_iou{iou}" for kind in ("bbox", "segm") for iou in (50, 75)}
     for kind in ("bbox", "segm"):
-        (last, *_) = accumulator.Tensors(f"pr/{kind}_iou50")[::-1]
-        tp, fp, tn, fn, precision, recall = tensor_util.make_ndarray(last.tensor_proto)
-        assert recall[0] == 1.0 and recall[-1] == 0.0 and len(recall) == 101
-        assert precision.mean() == pytest.approx(metrics[f"{kind}/AP50"], abs=1e-6), "COCO's AP50 is its mean"
-        assert np.allclose(tp + fn, tp[0] + fn[0]) and tp[0] + fn[0] > 0, "one ground-truth count"
+        curve = curves[f"pr/{kind}_iou50"]
+        assert curve.step == metrics["steps"]
+        assert curve.recall[0] == 1.0 and curve.recall[-1] == 0.0 and len(curve.recall) == 101
+        assert curve.precision.mean() == pytest.approx(metrics[f"{kind}/AP50"], abs=1e-6), "COCO's AP50 is its mean"
+        total = curve.true_positives + curve.false_negatives
+        assert np.allclose(total, total[0]) and total[0] > 0, "one ground-truth count"

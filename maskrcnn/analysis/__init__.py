@@ -5,5 +5,6 @@ gap_report           one paper-style table, roi_gap.json and a chart from runs' 
 misalignment_probe   how far from the true bin centre each RoI op looks, per stride
 sampling_figure      where RoIPool, RoIWarp and RoIAlign sample one RoI on the feature grid
 compare_predictions  two runs' predicted masks beside the ground truth on fixed val images (loads via trained_run)
-archive_run          copies finished runs for committing: no checkpoints, scalar-only TensorBoard events
+archive_run          copies finished runs for committing: no checkpoints, TensorBoard scalars and PR curves only
+pr_curves            a run's TensorBoard PR curves (train.py / evaluate.py), read back and drawn
 """

@@ -4,7 +4,7 @@
 
 Each RUN_DIR becomes DEST/<its name>/ with: metrics.json, .hydra/*.yaml, train.log (if present),
 tensorboard/hparams.yaml and every tensorboard/**/events.out.tfevents.* file rewritten under the same name with
-its scalar and hparams summaries only. The validation pictures (about 1 MB a run) and any other summaries
+its scalar, hparams and PR-curve summaries only. The validation pictures (about 1 MB a run) and any other summaries
 (histograms, graphs) are dropped; file-version and session-log events stay, since TensorBoard's purge of a
 resumed run's stale steps relies on them. Kept events are copied byte for byte.
 """
@@ -21,7 +21,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-KEPT_PLUGINS = ("scalars", "hparams")
+KEPT_PLUGINS = ("scalars", "hparams", "pr_curves")  # a PR curve is 6 x 101 floats
 STRUCTURAL = ("file_version", "session_log")  # events that are not summaries but that TensorBoard reads
 
 
@@ -35,7 +35,7 @@ def _keep(value: Summary.Value) -> bool:
 
 
 def slim_events(src: Path, dst: Path) -> tuple[int, int]:
-    """Rewrites the event file `src` to `dst` with scalars and hparams only; returns (events kept, dropped).
+    """Rewrites the event file `src` to `dst` with scalars, hparams and PR curves only; returns (events kept, dropped).
 
     RawEventFileLoader, not EventFileLoader: the latter upgrades legacy summaries (simple_value -> tensor), which
     would change the bytes of every scalar.
