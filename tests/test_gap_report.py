@@ -16,8 +16,10 @@ C4 = "C4 · r18_c4 · shapes · 600 steps × 4 images, lr 0.02 (×0.1 at 450)"
 C5 = "C5 · r18_c5 · shapes · 800 steps × 4 images, lr 0.02 (×0.1 at 600)"
 
 
-def _write_run(root, roi, seed, mask, box=0.2, model="r18_c5", steps=800, lr_steps=(600,), batch=4, **model_cfg):
-    """mask: (AP, AP50, AP75) in [0, 1]. Writes <root>/<model>_<roi>_s<seed>/{metrics.json, .hydra/config.yaml}."""
+def _write_run(root, roi, seed, mask, box=0.2, model="r18_c5", steps=800, lr_steps=(600,), batch=4,
+               backbone_key="features", **model_cfg):
+    """mask: (AP, AP50, AP75) in [0, 1]. Writes <root>/<model>_<roi>_s<seed>/{metrics.json, .hydra/config.yaml}.
+    backbone_key: "kind" writes the config of runs from before model.backbone.kind was renamed to features."""
     metrics = {k: 0.1 for k in METRICS}
     metrics.update({"segm/AP": mask[0], "segm/AP50": mask[1], "segm/AP75": mask[2], "bbox/AP": box})
     run = root / f"{model}_{roi}_s{seed}"
@@ -25,7 +27,7 @@ def _write_run(root, roi, seed, mask, box=0.2, model="r18_c5", steps=800, lr_ste
     record = {**metrics, "roi": roi, "model": model, "data": "shapes", "seed": seed, "steps": steps,
               "train_minutes": 9.5, "device": "CPU test"}
     (run / "metrics.json").write_text(json.dumps(record))
-    config = {"model": {"name": model, "backbone": {"kind": model.split("_")[1]}, **model_cfg},
+    config = {"model": {"name": model, "backbone": {backbone_key: model.split("_")[1]}, **model_cfg},
               "roi": {"name": roi}, "data": {"name": "shapes", "module": {"batch_size": batch, "seed": "${seed}"}},
               "optim": {"lr": 0.02, "steps": list(lr_steps), "gamma": 0.1}}
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -34,10 +36,12 @@ def _write_run(root, roi, seed, mask, box=0.2, model="r18_c5", steps=800, lr_ste
 
 @pytest.fixture
 def two_sweeps(tmp_path):
-    """C4: pool and align, seeds 0-2. C5 (another sweep dir): pool seeds 0-1, align seed 0 only."""
+    """C4: pool and align, seeds 0-2 (pool seed 0 from before the backbone.kind rename). C5 (another sweep dir):
+    pool seeds 0-1, align seed 0 only."""
     c4, c5 = tmp_path / "sweep_c4", tmp_path / "sweep_c5"
     for seed, (pool, align) in enumerate([(0.10, 0.30), (0.12, 0.31), (0.14, 0.36)]):
-        _write_run(c4, "pool", seed, (pool, 0.40, 0.20), box=0.2, model="r18_c4", steps=600, lr_steps=(450,))
+        _write_run(c4, "pool", seed, (pool, 0.40, 0.20), box=0.2, model="r18_c4", steps=600, lr_steps=(450,),
+                   backbone_key="kind" if seed == 0 else "features")
         _write_run(c4, "align", seed, (align, 0.50, 0.30 + seed / 100), box=0.3, model="r18_c4", steps=600,
                    lr_steps=(450,))
     _write_run(c5, "pool", 0, (0.02, 0.06, 0.01), box=0.03)

@@ -26,7 +26,7 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Setting:
-    arch: str  # the backbone's kind (config model.backbone.kind): c4 | c5 | fpn
+    arch: str  # the backbone's features (config model.backbone.features): c4 | c5 | fpn
     model: str
     data: str
     steps: int  # optimizer steps the run made (metrics.json)
@@ -72,9 +72,16 @@ def _get(cfg: dict, dotted: str, path: Path) -> Any:
     return node
 
 
+def _backbone_features(cfg: dict, path: Path) -> Any:
+    backbone = _get(cfg, "model.backbone", path)
+    if isinstance(backbone, dict) and "kind" in backbone:  # runs from before the key was renamed to features
+        return backbone["kind"]
+    return _get(cfg, "model.backbone.features", path)
+
+
 def setting_of(metrics: dict, cfg: dict, cfg_path: Path) -> Setting:
     return Setting(
-        arch=str(_get(cfg, "model.backbone.kind", cfg_path)),
+        arch=str(_backbone_features(cfg, cfg_path)),
         model=metrics["model"],
         data=metrics["data"],
         steps=int(metrics["steps"]),
