@@ -14,12 +14,21 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align_ref", "roi_pool_ref", "roi_warp_ref", "round_half_away"]
+__all__ = ["quantize_roi", "roi_align_ref", "roi_pool_ref", "roi_warp_ref", "round_half_away"]
 
 
 def round_half_away(v: float) -> int:
     """C ``round()``: half away from zero (Python's ``round`` rounds half to even)."""
     return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
+
+
+def quantize_roi(x1: float, y1: float, x2: float, y2: float, spatial_scale: float) -> tuple[int, int, int, int]:
+    """RoIPool's (and RoIWarp's) box on the feature grid: (x1, y1, w, h) in cells, corners rounded half away
+    from zero, the end cell inclusive, at least one cell each way."""
+    qx1, qy1 = round_half_away(x1 * spatial_scale), round_half_away(y1 * spatial_scale)
+    w = max(round_half_away(x2 * spatial_scale) - qx1 + 1, 1)
+    h = max(round_half_away(y2 * spatial_scale) - qy1 + 1, 1)
+    return qx1, qy1, w, h
 
 
 def _bilinear(plane: Tensor, y: float, x: float) -> Tensor | None:
@@ -151,10 +160,8 @@ def roi_warp_ref(
     """RoIWarp reference: quantize like RoIPool, then RoIAlign(aligned=True, scale=1) on the quantized box."""
     boxes = []
     for r in rois.detach().double().tolist():
-        b, x1, y1, x2, y2 = r
-        qx1, qx2 = round_half_away(x1 * spatial_scale), round_half_away(x2 * spatial_scale)
-        qy1, qy2 = round_half_away(y1 * spatial_scale), round_half_away(y2 * spatial_scale)
-        w, h = max(qx2 - qx1 + 1, 1), max(qy2 - qy1 + 1, 1)
+        b, *box = r
+        qx1, qy1, w, h = quantize_roi(*box, spatial_scale)
         boxes.append([b, qx1, qy1, qx1 + w, qy1 + h])
     qrois = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 5)
     return roi_align_ref(input, qrois, output_size, 1.0, sampling_ratio, aligned=True, pool_mode=pool_mode)
@@ -166,10 +173,8 @@ def roi_pool_ref(input: Tensor, rois: Tensor, output_size, spatial_scale: float 
     N, C, H, W = input.shape
     outs = []
     for r in rois.detach().double().tolist():
-        b, x1, y1, x2, y2 = r
-        qx1, qx2 = round_half_away(x1 * spatial_scale), round_half_away(x2 * spatial_scale)
-        qy1, qy2 = round_half_away(y1 * spatial_scale), round_half_away(y2 * spatial_scale)
-        w, h = max(qx2 - qx1 + 1, 1), max(qy2 - qy1 + 1, 1)
+        b, *box = r
+        qx1, qy1, w, h = quantize_roi(*box, spatial_scale)
         rows = []
         for p in range(ph):
             h0 = min(max(math.floor(p * (h / ph)) + qy1, 0), H)

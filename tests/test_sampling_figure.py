@@ -4,6 +4,7 @@ import torch
 
 import ops
 from maskrcnn.analysis import misalignment_probe, sampling_figure
+from ops.reference import round_half_away
 
 
 def test_geometry_plot_writes_a_png(tmp_path):
@@ -13,7 +14,7 @@ def test_geometry_plot_writes_a_png(tmp_path):
 
 
 def test_geometry_helpers_match_roipool_rounding():
-    assert sampling_figure.round_half_away(2.5) == 3 and sampling_figure.round_half_away(-2.5) == -3
+    assert round_half_away(2.5) == 3 and round_half_away(-2.5) == -3
     geo = sampling_figure.pool_geometry((37, 21, 190, 133), 32, 4)
     assert geo.box == (32, 32, 224, 160)  # cells round(1.16)=1 .. round(5.94)=6 (+1), round(0.66)=1 .. 4 (+1)
     assert geo.x_bins[0] == (1, 3) and geo.x_bins[-1] == (5, 7)  # floor/ceil of 6/4 cells: overlapping bins

@@ -28,7 +28,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from ops.reference import round_half_away  # noqa: E402
+from ops.reference import quantize_roi  # noqa: E402
 from roi_heads.variants import Variant, find  # noqa: E402
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image px
@@ -44,10 +44,7 @@ class PoolGeometry:
 
 def pool_geometry(roi: Box, stride: int, output_size: int) -> PoolGeometry:
     """RoIPool's quantized box and its floor/ceil bins (cells clipped at 0, the map's top-left edge)."""
-    scale = 1.0 / stride
-    x1q, y1q = round_half_away(roi[0] * scale), round_half_away(roi[1] * scale)
-    w = max(round_half_away(roi[2] * scale) - x1q + 1, 1)
-    h = max(round_half_away(roi[3] * scale) - y1q + 1, 1)
+    x1q, y1q, w, h = quantize_roi(*roi, 1.0 / stride)
 
     def bins(start: int, size: int) -> list[tuple[int, int]]:
         return [(max(math.floor(j * size / output_size) + start, 0),
