@@ -59,6 +59,12 @@ Route route(bool channels_last, bool forward, const Levels& lv, int64_t K, int64
   return blocked_pays(lv, K, PP, at::vec::Vectorized<T>::size()) ? Route::Blocked : Route::Nchw;
 }
 
+// Threads for a call (worker_threads): its kernel work, plus the K x C x PP values of the output (forward) or
+// upstream gradient (backward), plus the maps a blocked call transposes or the gradients it writes.
+int call_threads(double kernel_work, int64_t C, int64_t K, int64_t PP, const Levels& lv, Route rt) {
+  return worker_threads(kernel_work + static_cast<double>(C) * (K * PP + (rt == Route::Blocked ? lv.pixels() : 0)));
+}
+
 // ------------------------------------------------------------------------------------------------
 // Entry points: the schema pair. RoI k reads map levels[k] (map 0 when levels is None).
 std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, const Tensor& rois_,
@@ -94,10 +100,6 @@ std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, con
     int32_t* am = has_argmax ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     const auto by_image = rois_by_image<T>(r, K, N);
     const Route rt = route<T>(channels_last, true, lv, K, PP);
-    // Threads for the call's work (kernel work + outputs + the maps a blocked call transposes).
-    const auto threads_for = [&](double work) {
-      return worker_threads(work + static_cast<double>(C) * (K * PP + (rt == Route::Blocked ? lv.pixels() : 0)));
-    };
     // The vector kernels' tiles of RoI k from `base` (the map, or a transposed channel block: element type M).
     const auto run = [&](int threads, const auto& tile) {
       if (rt == Route::Nhwc) {
@@ -109,7 +111,7 @@ std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, con
     if (pool) {
       PoolBins bins;
       bins.build<T>(r, K, lv, ph, pw);
-      const int threads = threads_for(bins.work(C));
+      const int threads = call_threads(bins.work(C), C, K, PP, lv, rt);
       if (rt == Route::Nchw) return nchw::pool_forward<scalar_t, T>(in, bins, by_image, lv, ph, pw, out, am, threads);
       return run(threads, [&](int64_t k, const auto* base, int64_t ps, int64_t nc, T* values, int32_t* argmaxes) {
         using M = std::remove_cv_t<std::remove_pointer_t<decltype(base)>>;
@@ -118,7 +120,7 @@ std::tuple<Tensor, Tensor> multilevel_roi_forward_cpu(at::TensorList inputs, con
     }
     const SampleParams sp{kind, ph, pw, sampling_ratio, kind == OpKind::Align ? aligned : true};
     const std::vector<RoiTable<T>> tables = roi_tables<T>(r, K, lv, sp);
-    const int threads = threads_for(sampled_work(tables, C));
+    const int threads = call_threads(sampled_work(tables, C), C, K, PP, lv, rt);
     if (rt == Route::Nchw) {
       return nchw::sampled_forward<scalar_t, T>(in, tables, by_image, lv, ph, pw, max_mode, out, am, threads);
     }
@@ -178,10 +180,6 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
       const int32_t* am = need_argmax ? argmax.const_data_ptr<int32_t>() : nullptr;
       const auto by_image = rois_by_image<T>(r, K, N);
-      // Threads for the call's work (kernel work + upstream gradient + the gradients a blocked call writes).
-      const auto threads_for = [&](double work) {
-        return worker_threads(work + static_cast<double>(C) * (K * PP + (rt == Route::Blocked ? lv.pixels() : 0)));
-      };
       // RoI k's contribution through the vector kernels (vec_bins.h).
       const auto run = [&](int threads, const auto& add) {
         blocked::backward<scalar_t, T>(g, am, mutable_ptrs<scalar_t>(bufs), channels_last, lv, by_image, PP, threads,
@@ -190,7 +188,7 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
       if (pool) {
         PoolBins bins;
         bins.build<T>(r, K, lv, ph, pw);
-        const int threads = threads_for(bins.work(C));
+        const int threads = call_threads(bins.work(C), C, K, PP, lv, rt);
         if (rt == Route::Nchw) {
           nchw::pool_backward<scalar_t, T>(g, am, by_image, lv, PP, mutable_ptrs<T>(bufs), bad.c_str(), threads);
         } else {
@@ -202,7 +200,7 @@ std::vector<Tensor> multilevel_roi_backward_cpu(const Tensor& grad_, const Tenso
       } else {
         const SampleParams sp{kind, ph, pw, sampling_ratio, kind == OpKind::Align ? aligned : true};
         const std::vector<RoiTable<T>> tables = roi_tables<T>(r, K, lv, sp);
-        const int threads = threads_for(sampled_work(tables, C));
+        const int threads = call_threads(sampled_work(tables, C), C, K, PP, lv, rt);
         if (rt == Route::Nchw) {
           nchw::sampled_backward<scalar_t, T>(g, am, tables, by_image, lv, ph, pw, max_mode, mutable_ptrs<T>(bufs),
                                               bad.c_str(), threads);
