@@ -230,23 +230,22 @@ def profiled_ranges(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def roi_ancestor(event) -> bool:
-    """Is this event inside a RoI-op event (the dispatcher nests an op's autograd and backend kernels in it)?"""
+def ancestors(event) -> Iterator:
+    """The profiler events enclosing `event`, innermost first."""
     event = event.cpu_parent
     while event is not None:
-        if is_roi_op(event.name):
-            return True
+        yield event
         event = event.cpu_parent
-    return False
+
+
+def roi_ancestor(event) -> bool:
+    """Is this event inside a RoI-op event (the dispatcher nests an op's autograd and backend kernels in it)?"""
+    return any(is_roi_op(a.name) for a in ancestors(event))
 
 
 def in_backward(event) -> bool:
     """Did the autograd engine run this profiler event (the backward pass)?"""
-    while event is not None:
-        if event.name.startswith("autograd::engine::evaluate_function"):
-            return True
-        event = event.cpu_parent
-    return False
+    return any(e.name.startswith("autograd::engine::evaluate_function") for e in (event, *ancestors(event)))
 
 
 def profiled_step(model, optimizer, batch, device, autocast) -> dict:
