@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     if demo:
         cfg = compose_config("train", ["experiment=demo"])
         args.batch = args.batch or cfg.data.module.batch_size
+        args.size = [cfg.data.image_min_size, cfg.data.image_max_size]  # recorded as run, not --size's default
         args.precision = args.precision or {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}[
             cfg.trainer.precision]
     args.batch = args.batch or 8
