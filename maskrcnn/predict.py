@@ -31,6 +31,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
@@ -42,8 +43,11 @@ from maskrcnn.coco_eval import detections_to_coco
 from maskrcnn.config import CONFIG_DIR
 from maskrcnn.data.coco import BadDataError
 from maskrcnn.data.image_file import read_image
+from maskrcnn.plugins import import_searchpath_modules
+from maskrcnn.roi_config import RoIConfigError
 from maskrcnn.trained_model import load_detector
 from maskrcnn.viz import draw_prediction
+from roi_heads import ExtractorError
 
 log = logging.getLogger("maskrcnn.predict")  # not __name__, which is __main__ under python -m
 ON_BAD_FILE = ("error", "skip")
@@ -252,9 +256,10 @@ def _write_json(path: Path, value: Any) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
+    import_searchpath_modules(HydraConfig.get().searchpath)  # a checkpoint's own extractor module
     try:
         predict(cfg)
-    except (BadDataError, PredictInputError, CheckpointError, FileNotFoundError) as e:
+    except (BadDataError, PredictInputError, CheckpointError, FileNotFoundError, ExtractorError, RoIConfigError) as e:
         # The message names the file and what is wrong with it; the stack inside PIL or torch.load adds
         # nothing a user can act on.
         message = f"error: {e}"

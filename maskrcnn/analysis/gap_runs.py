@@ -56,7 +56,8 @@ def run_config(run_dir: Path) -> tuple[dict[str, Any], Path]:
                 cfg = yaml.safe_load(path.read_text())
             except yaml.YAMLError as e:
                 raise ReportError(f"{path}: not valid YAML ({e})") from e
-            cfg = cfg.get("cfg", cfg) if path == hparams else cfg  # Lightning stores our hyper-parameters as cfg
+            if path == hparams and isinstance(cfg, dict):  # our hyper-parameters: run_config (format 2) or cfg (1)
+                cfg = cfg.get("run_config") or cfg.get("cfg") or cfg
             if not isinstance(cfg, dict):
                 raise ReportError(f"{path}: not a run config (a mapping)")
             return cfg, path
