@@ -11,7 +11,10 @@ from omegaconf import DictConfig, open_dict
 from maskrcnn.plugins import import_searchpath_modules
 from maskrcnn.resolvers import register_resolvers
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+_PACKAGE = Path(__file__).resolve().parent
+# The Hydra configs: inside the package in an installed copy (setup.py installs the repository's configs/ as
+# maskrcnn/configs), at the repository's top level in a source checkout.
+CONFIG_DIR = _PACKAGE / "configs" if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent / "configs"
 
 
 def compose_config(name: str = "train", overrides: list[str] | None = None, **kwargs: Any) -> DictConfig:

@@ -2,8 +2,9 @@
 
 ``hydra.searchpath=[file://DIR]`` makes Hydra look for config groups in DIR (``DIR/roi/mine.yaml`` is
 ``roi=mine``); :func:`import_searchpath_modules` also puts DIR on ``sys.path``, so a module next to those
-configs (``DIR/myext.py``, ``_target_: myext.MyExtractor``) imports without setting PYTHONPATH. The entry points
-(train.py, evaluate.py, predict, ``maskrcnn.config.compose_config``) call it before building anything.
+configs (``DIR/myext.py``, ``_target_: myext.MyExtractor``) imports without setting PYTHONPATH, in the checkout
+and in an installed copy alike. The commands (maskrcnn.cli) and ``maskrcnn.config.compose_config`` call it
+before building anything.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ def searchpath_dirs(searchpath: Iterable[str]) -> list[Path]:
 
 
 def import_searchpath_modules(searchpath: Iterable[str]) -> list[Path]:
-    """Prepends every ``file://`` folder of ``searchpath`` to sys.path (once each); returns the folders added."""
+    """Appends every ``file://`` folder of ``searchpath`` to sys.path (once each; appended, so a user's module
+    never shadows an installed package); returns the folders added."""
     added = []
     for folder in searchpath_dirs(searchpath):
         if not folder.is_dir():
             raise FileNotFoundError(f"hydra.searchpath: no folder at {folder}")
         if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+            sys.path.append(str(folder))
             added.append(folder)
     return added
