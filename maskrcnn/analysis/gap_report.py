@@ -59,6 +59,9 @@ def _row(roi: str, group: list[dict]) -> dict:
     row: dict = {"roi": roi, "n": len(group), "seeds": sorted(r["seed"] for r in group), "mean": {}, "std": {}}
     for key in METRICS:
         row["mean"][key], row["std"][key] = mean_std([100 * r["metrics"][key] for r in group])
+    row["final_mask_ap"] = mean_std([100 * r.get("final_metrics", r["metrics"])["segm/AP"] for r in group])
+    verdicts = [r["convergence"]["met"] for r in group if r.get("convergence")]
+    row["converged"] = [sum(verdicts), len(verdicts)] if verdicts else None
     return row
 
 
@@ -95,8 +98,11 @@ def _add_paper(row: dict, arch: str) -> None:
         row["paper_delta"], row["paper_source"] = gains[paper_row], f"{source}: {paper_row} − {base_row}"
 
 
-def markdown(summary: list[dict], command: str) -> str:
+def markdown(summary: list[dict], command: str, runs: list[dict] | None = None) -> str:
     n_runs = sum(row["n"] for s in summary for row in s["rows"])
+    tails = any("mean of the last" in s["setting"] for s in summary)
+    judged = any(row["converged"] for s in summary for row in s["rows"])
+    extra = (["final mask AP"] if tails else []) + (["converged"] if judged else [])
     lines = [
         "# The RoI feature extractor gap (Mask R-CNN Table 2c/2d)",
         "",
@@ -106,12 +112,17 @@ def markdown(summary: list[dict], command: str) -> str:
         f"paper's: compare signs and shapes, not sizes. Δ: difference of the means against `{BASELINE}`. "
         f"Paired Δ: mean over the seeds run with both of (variant − {BASELINE}), with the 95% t interval of "
         f"those paired differences (n/a below 2 pairs). ÷ {BASELINE}: the variant's mean over "
-        f"{style(BASELINE).label}'s.",
+        f"{style(BASELINE).label}'s."
+        + (" Where a setting says 'mean of the last N validations', every number of its runs is that mean; "
+           "final mask AP is the last validation's." if tails else "")
+        + (" converged: the runs that meet their setting's convergence rule (from training signals alone; see "
+           "its config), of those judged; a run that fails it is reported, not dropped." if judged else ""),
         "",
         "| setting | RoI op | " + " | ".join(name for _, name in COLUMNS)
         + " | seeds | Δ mask AP | paired Δ mask AP [95% CI] | paired Δ box AP [95% CI] | "
-        + " | ".join(f"{name} ÷ {BASELINE}" for name in ("AP50", "AP75")) + " |",
-        "|---|---|" + "---:|" * (len(COLUMNS) + 6),
+        + " | ".join(f"{name} ÷ {BASELINE}" for name in ("AP50", "AP75"))
+        + "".join(f" | {name}" for name in extra) + " |",
+        "|---|---|" + "---:|" * (len(COLUMNS) + 6 + len(extra)),
     ]
     unaligned = []
     for s in summary:
@@ -126,6 +137,11 @@ def markdown(summary: list[dict], command: str) -> str:
                 approx = "≈" if row["paper"] is None else ""
                 delta += f" ({approx}{row['paper_delta']['segm/AP']:+.1f})"
             ratios = ["—" if row["ratio"] is None else _ratio_cell(row, k) for k in RATIOS]
+            if tails:
+                mean, std = row["final_mask_ap"]
+                ratios.append(f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}")
+            if judged:
+                ratios.append("—" if row["converged"] is None else f"{row['converged'][0]}/{row['converged'][1]}")
             lines.append(
                 f"| {s['setting'] if i == 0 else ''} | {row['roi']}{'†' if mark else ''} | {' | '.join(cells)} "
                 f"| {row['n']} | {delta} | {_paired_cell(row, 'segm/AP')} | {_paired_cell(row, 'bbox/AP')} "
@@ -133,7 +149,22 @@ def markdown(summary: list[dict], command: str) -> str:
             )
     if unaligned:
         lines += ["", _legacy_footnote(unaligned)]
+    if runs is not None:
+        lines += ["", commits_line(runs)]
     return "\n".join(lines) + "\n"
+
+
+def commits_line(runs: list[dict]) -> str:
+    """Which code trained the runs: each recorded commit with its run count (and how many had local changes)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for run in runs:
+        counts[run.get("git_commit") or ""][0] += 1
+        counts[run.get("git_commit") or ""][1] += bool(run.get("git_dirty"))
+    parts = []
+    for commit, (n, dirty) in sorted(counts.items(), key=lambda kv: (kv[0] == "", -kv[1][0])):
+        name = f"`{commit[:12]}`" if commit else "not recorded (runs from before commits were recorded)"
+        parts.append(f"{name}: {n} run{'s' if n > 1 else ''}" + (f", {dirty} with local changes" if dirty else ""))
+    return "Trained by the code at: " + "; ".join(parts) + "."
 
 
 def _mean_cell(row: dict, key: str) -> str:
@@ -186,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m maskrcnn.analysis.gap_report", *(argv if argv is not None else sys.argv[1:])])
-    table = markdown(summary, command)
+    table = markdown(summary, command, runs)
     (args.out / "roi_gap.md").write_text(table)
     (args.out / "roi_gap.json").write_text(json.dumps(runs, indent=1) + "\n")
     stats = {"units": "COCO AP points (x100)", "baseline": BASELINE, "interval": "95% t, paired by seed",
