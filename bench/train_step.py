@@ -123,7 +123,7 @@ def synthetic_batch(batch: int, size: tuple[int, int], seed: int = 0) -> tuple[l
                 "boxes": boxes,
                 "labels": torch.randint(1, 81, (n,), generator=g),
                 "masks": (inside <= 1).to(torch.uint8),
-                "iscrowd": torch.zeros(n, dtype=torch.int64),
+                "crowd_boxes": torch.zeros(0, 4),
             }
         )
     return images, targets

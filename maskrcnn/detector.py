@@ -6,13 +6,14 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 from roi_heads import RoIHeads
 
 
 class MaskRCNN(nn.Module):
-    """images: N x Float[3, H_i, W_i] in [0, 1]; targets: N dicts with boxes, labels, masks, iscrowd.
+    """images: N x Float[3, H_i, W_i] in [0, 1]; targets: N dicts with boxes, labels, masks (the instances) and,
+    optionally, crowd_boxes (crowd regions: never positives; proposals on them are not sampled as negatives).
 
     Training returns the named loss dict; inference returns N dicts with boxes [D, 4], scores [D],
     labels [D] and masks [D, 1, H_i, W_i] (probabilities pasted at the input image size).
@@ -35,18 +36,16 @@ class MaskRCNN(nn.Module):
             raise ValueError("MaskRCNN needs targets in training mode")
         original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
         batch, targets = self.transform(images, targets)
+        if targets is not None:  # torchvision's transform resizes boxes and masks, not the crowd regions
+            for target, original, resized in zip(targets, original_sizes, batch.image_sizes, strict=True):
+                if "crowd_boxes" in target:
+                    target["crowd_boxes"] = resize_boxes(target["crowd_boxes"], original, resized)
         features = self.backbone(batch.tensors)
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
-        proposals, rpn_losses = self.rpn(batch, features, _without_crowd(targets))
+        proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **head_losses}
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
-
-def _without_crowd(targets: list[dict[str, Tensor]] | None) -> list[dict[str, Tensor]] | None:
-    """The RPN learns objectness from non-crowd boxes only (crowd regions are ignored, as in detectron2)."""
-    if targets is None:
-        return None
-    return [{"boxes": t["boxes"][~t["iscrowd"].bool()]} if "iscrowd" in t else t for t in targets]

@@ -81,7 +81,7 @@ class RoIHeads(nn.Module):
         pos_boxes = [boxes[pos] for boxes, pos in zip(sampled.boxes, positive, strict=True)]
         mask_logits = self._mask_logits(features, pos_boxes, image_sizes)
         crops = [
-            mask_targets(_non_crowd_masks(target), boxes, matched[pos], mask_logits.shape[-1])
+            mask_targets(target["masks"], boxes, matched[pos], mask_logits.shape[-1])
             for target, boxes, matched, pos in zip(
                 targets, pos_boxes, sampled.matched_gt, positive, strict=True
             )
@@ -115,9 +115,3 @@ class RoIHeads(nn.Module):
             det["masks"] = image_masks
         return detections
 
-
-def _non_crowd_masks(target: dict[str, Tensor]) -> Tensor:
-    """UInt8[G, H, W] masks of the non-crowd instances, indexed like the sampler's matched_gt."""
-    if "iscrowd" not in target:
-        return target["masks"]
-    return target["masks"][~target["iscrowd"].bool()]

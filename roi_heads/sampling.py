@@ -15,7 +15,7 @@ class SampledProposals:
     """Per-image training RoIs. Lists have one entry per image; R_i RoIs in image i.
 
     boxes: [R_i, 4] proposals.  labels: Int64[R_i], 0 = background.
-    matched_gt: Int64[R_i] index of the matched non-crowd GT (meaningful where labels > 0).
+    matched_gt: Int64[R_i] index of the matched GT instance, into target["boxes"] / ["masks"] (where labels > 0).
     regression_targets: [R_i, 4] encoded deltas to the matched GT.
     """
 
@@ -28,8 +28,8 @@ class SampledProposals:
 class ProposalSampler:
     """Matches proposals (plus the GT boxes themselves) to GT and samples a fixed-size balanced set.
 
-    Crowd regions are ignored: a proposal that would be background but overlaps a crowd box by IoU >=
-    `fg_iou_thresh` is never sampled, and crowd boxes are never positives.
+    Crowd regions (target["crowd_boxes"], optional) are ignored: a proposal that would be background but overlaps
+    a crowd box by IoU >= `fg_iou_thresh` is never sampled, and crowd boxes are never positives.
     """
 
     def __init__(
@@ -49,14 +49,11 @@ class ProposalSampler:
         labels, matched = [], []
         all_boxes, all_gt_boxes = [], []
         for boxes, target in zip(proposals, targets, strict=True):
-            crowd = (
-                target["iscrowd"].bool() if "iscrowd" in target else torch.zeros_like(target["labels"]).bool()
-            )
-            gt_boxes = target["boxes"][~crowd]
+            gt_boxes, crowd_boxes = target["boxes"], target.get("crowd_boxes")
             boxes = torch.cat([boxes, gt_boxes.to(boxes.dtype)])
-            image_labels, image_matched = self._match(boxes, gt_boxes, target["labels"][~crowd])
-            if crowd.any():
-                near_crowd = box_iou(boxes, target["boxes"][crowd]).max(dim=1).values >= self.fg_iou_thresh
+            image_labels, image_matched = self._match(boxes, gt_boxes, target["labels"])
+            if crowd_boxes is not None and len(crowd_boxes):
+                near_crowd = box_iou(boxes, crowd_boxes.to(boxes.dtype)).max(dim=1).values >= self.fg_iou_thresh
                 image_labels[(image_labels == 0) & near_crowd] = -1
             all_boxes.append(boxes)
             all_gt_boxes.append(gt_boxes)

@@ -68,7 +68,7 @@ def test_dataset_returns_documented_shapes(shapes_root):
     )
     assert target["boxes"].shape == (m, 4) and target["labels"].dtype == torch.int64
     assert target["masks"].shape == (m, 96, 96) and target["masks"].dtype == torch.uint8
-    assert target["iscrowd"].tolist() == [0] * m and target["image_id"] == 1
+    assert target["crowd_boxes"].shape == (0, 4) and target["image_id"] == 1
     assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
     assert ds.num_classes == 6 and ds.group_ids().tolist() == [0] * len(ds)
 
@@ -172,8 +172,21 @@ def test_crowd_only_and_empty_images_load(tmp_path):
     ds = CocoInstances(img, path)
     _, t1 = ds[0]
     _, t2 = ds[1]
-    assert t1["iscrowd"].tolist() == [1] and int(t1["masks"].sum()) == 200
-    assert t2["boxes"].shape == (0, 4) and t2["masks"].shape == (0, 10, 20)
+    assert t1["crowd_boxes"].tolist() == [[0.0, 0.0, 20.0, 10.0]], "a crowd region is a crowd box only"
+    assert t1["boxes"].shape == (0, 4) and t1["masks"].shape == (0, 10, 20) and t1["labels"].shape == (0,)
+    assert t2["boxes"].shape == (0, 4) and t2["masks"].shape == (0, 10, 20) and t2["crowd_boxes"].shape == (0, 4)
+
+
+def test_instances_and_crowd_regions_come_apart_in_file_order(tmp_path):
+    """[instance, crowd, instance]: boxes, labels and masks are the two instances, aligned; the crowd a box."""
+    rle = mask_utils.encode(np.asfortranarray(np.ones((10, 20), np.uint8)))
+    crowd = _ann(2, 1, [0, 0, 20, 10], seg={"size": [10, 20], "counts": rle["counts"].decode()}, crowd=1)
+    anns = [_ann(1, 1, [1, 1, 4, 3], cat=1), crowd, _ann(3, 1, [10, 2, 6, 5], cat=2)]
+    img, path = _write_coco(tmp_path, [_image(1)], anns, categories=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    _, target = CocoInstances(img, path)[0]
+    assert target["boxes"].tolist() == [[1.0, 1.0, 5.0, 4.0], [10.0, 2.0, 16.0, 7.0]]
+    assert target["labels"].tolist() == [1, 2] and target["crowd_boxes"].tolist() == [[0.0, 0.0, 20.0, 10.0]]
+    assert [int(m.sum()) for m in target["masks"]] == [12, 30], "each mask is its own instance's box"
 
 
 def test_filter_empty_leaves_out_images_without_instances(tmp_path):

@@ -11,17 +11,17 @@ from roi_heads.sampling import ProposalSampler
 CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 
 
-def _target(boxes, labels, crowd):
+def _target(boxes, labels, crowd_boxes=()):
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32),
         "labels": torch.tensor(labels),
-        "iscrowd": torch.tensor(crowd),
         "masks": torch.zeros(len(boxes), 64, 64, dtype=torch.uint8),
+        "crowd_boxes": torch.tensor(crowd_boxes, dtype=torch.float32).reshape(-1, 4),
     }
 
 
 def test_sampler_labels_positives_negatives_and_ignores_crowd():
-    target = _target([[0, 0, 20, 20], [30, 30, 60, 60]], [3, 5], [0, 1])
+    target = _target([[0, 0, 20, 20]], [3], crowd_boxes=[[30, 30, 60, 60]])
     proposals = torch.tensor(
         [[1.0, 1, 20, 20], [31, 31, 60, 60], [40, 0, 60, 20], [0, 40, 20, 60]]  # pos, near-crowd, neg, neg
     )
@@ -40,7 +40,7 @@ def test_sampler_labels_positives_negatives_and_ignores_crowd():
 
 
 def test_sampler_image_without_objects_gives_only_background():
-    target = _target([], [], [])
+    target = _target([], [])
     target["boxes"] = target["boxes"].reshape(0, 4)
     proposals = torch.tensor([[0.0, 0, 10, 10], [5, 5, 30, 30]])
     out = ProposalSampler(CODER, batch_size_per_image=8)([proposals], [target])
@@ -50,7 +50,7 @@ def test_sampler_image_without_objects_gives_only_background():
 
 def test_sampler_respects_budget_and_positive_fraction():
     torch.manual_seed(0)
-    target = _target([[10, 10, 50, 50]], [1], [0])
+    target = _target([[10, 10, 50, 50]], [1])
     jitter = torch.randn(300, 4) * 2
     proposals = torch.cat(
         [torch.tensor([[10.0, 10, 50, 50]]) + jitter[:100], torch.rand(200, 4).sort(dim=1).values * 5 + 55]
@@ -129,3 +129,18 @@ def test_mask_probabilities_pick_each_detections_class():
     probs = mask_probabilities(logits, torch.tensor([1, 2]))
     assert probs.shape == (2, 1, 2, 2)
     assert (probs[0] > 0.99).all() and (probs[1] < 0.01).all()
+
+
+def test_mask_targets_come_from_the_matched_instance_beside_crowd_regions():
+    """matched_gt indexes target["masks"] directly: instances are the dataset's non-crowd ones, crowd regions only
+    boxes; so each positive's mask target is its own instance's mask, whatever crowd regions sit around."""
+    target = _target([[0, 0, 32, 32], [32, 32, 64, 64]], [1, 2], crowd_boxes=[[0, 32, 32, 64], [32, 0, 64, 32]])
+    target["masks"][0, :16, :] = 1  # instance 0: its box's top half
+    target["masks"][1] = 1  # instance 1: everything
+    out = ProposalSampler(CODER, batch_size_per_image=100, positive_fraction=1.0)([target["boxes"].clone()], [target])
+    pos = out.labels[0] > 0
+    crops = mask_targets(target["masks"], out.boxes[0][pos], out.matched_gt[0][pos], 8)
+    for crop, label in zip(crops, out.labels[0][pos], strict=True):
+        expected = torch.ones(8, 8) if label == 2 else torch.cat([torch.ones(4, 8), torch.zeros(4, 8)])
+        torch.testing.assert_close(crop, expected)
+    assert sorted(out.labels[0][pos].tolist()) == [1, 1, 2, 2], "proposals and GT boxes, both instances"

@@ -77,8 +77,9 @@ class CocoInstances(torch.utils.data.Dataset):
 
     ``dataset[i]`` returns ``(image, target)``:
         image: Float[3, H, W] in [0, 1]
-        target: boxes Float[M, 4] (xyxy, absolute pixels), labels Int64[M] (contiguous 1..K),
-                masks UInt8[M, H, W], iscrowd Int64[M] (crowd kept, flagged 1), image_id int.
+        target: boxes Float[M, 4] (xyxy, absolute pixels), labels Int64[M] (contiguous 1..K) and
+                masks UInt8[M, H, W] of the M non-crowd instances (in file order); crowd_boxes Float[C, 4] of
+                the crowd regions, which training ignores (their segmentations are not decoded); image_id int.
 
     ``on_bad_image``: "error" raises BadDataError naming the file and image id for a missing or unreadable
     image; "skip" warns and returns the next readable image, whose target then lists the skipped ids under
@@ -217,10 +218,10 @@ class CocoInstances(torch.utils.data.Dataset):
     def _segmentation(self, a: int) -> object:
         return pickle.loads(self._seg_buffer[self._seg_offsets[a] : self._seg_offsets[a + 1]].tobytes())
 
-    def _masks(self, lo: int, hi: int, h: int, w: int) -> np.ndarray:
-        """UInt8[M, H, W] for annotations lo:hi, decoded in one pycocotools call."""
+    def _masks(self, annotations: np.ndarray, h: int, w: int) -> np.ndarray:
+        """UInt8[M, H, W] for the M annotations (indices into the sorted arrays), decoded in one pycocotools call."""
         rles = []
-        for a in range(lo, hi):
+        for a in annotations:
             kind, seg = self._seg_kinds[a], self._segmentation(a)
             if kind == _POLYGONS:
                 rles.append(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
@@ -278,11 +279,13 @@ class CocoInstances(torch.utils.data.Dataset):
             raise BadDataError(f"{self.images_dir}: no readable image in the dataset")
         h, w = image.shape[-2:]
         lo, hi = self._ann_offsets[k], self._ann_offsets[k + 1]
+        crowd = self._iscrowd[lo:hi].astype(bool)
+        instances = np.arange(lo, hi)[~crowd]
         target = {
-            "boxes": torch.from_numpy(self._boxes[lo:hi].copy()),
-            "labels": torch.from_numpy(self._labels[lo:hi].copy()),
-            "masks": torch.from_numpy(self._masks(lo, hi, h, w)),
-            "iscrowd": torch.from_numpy(self._iscrowd[lo:hi].copy()),
+            "boxes": torch.from_numpy(self._boxes[instances]),
+            "labels": torch.from_numpy(self._labels[instances]),
+            "masks": torch.from_numpy(self._masks(instances, h, w)),
+            "crowd_boxes": torch.from_numpy(self._boxes[lo:hi][crowd]),
             "image_id": int(self.image_ids[k]),
         }
         if skipped:

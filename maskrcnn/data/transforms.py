@@ -18,7 +18,8 @@ Transform = Callable[[Tensor, dict, torch.Generator], tuple[Tensor, dict]]
 
 
 class RandomHorizontalFlip:
-    """Flips image [3, H, W], boxes [M, 4] (xyxy) and masks [M, H, W] together with probability p."""
+    """Flips image [3, H, W], boxes [M, 4] and crowd_boxes [C, 4] (xyxy) and masks [M, H, W] together with
+    probability p."""
 
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
@@ -29,9 +30,15 @@ class RandomHorizontalFlip:
         if self.p == 0.0 or torch.rand((), generator=generator) >= self.p:
             return image, target
         width = image.shape[-1]
-        boxes = target["boxes"].clone()
-        boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-        return image.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+        flipped = {key: _flip_boxes(target[key], width) for key in ("boxes", "crowd_boxes") if key in target}
+        return image.flip(-1), {**target, **flipped, "masks": target["masks"].flip(-1)}
+
+
+def _flip_boxes(boxes: Tensor, width: int) -> Tensor:
+    """[M, 4] xyxy boxes mirrored in an image `width` pixels wide."""
+    flipped = boxes.clone()
+    flipped[:, [0, 2]] = width - boxes[:, [2, 0]]
+    return flipped
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
