@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # One GPU session that fits the time a GPU is lent (15 minutes of device time, the machine's start included):
 # at most BUDGET_S (480) seconds on one H100/H200, steps in priority order
-#   env, wheels, build, CUDA op tests, compute-sanitizer memcheck, op benchmark fp32 / bf16, training-step
-#   benchmark against torchvision, deterministic GPU training twice, then extras (fused-vs-grouped extractor
-#   benchmark, the cost of -fmad=false).
+#   env, wheels, build, CUDA tests (ops, mask pasting), the user's main job (train.py experiment=demo in
+#   bf16-mixed, then evaluate.py and predict on its checkpoint), compute-sanitizer memcheck, op benchmark fp32 /
+#   bf16, training-step benchmark against torchvision, deterministic GPU training twice, then extras
+#   (fused-vs-grouped extractor benchmark, the cost of -fmad=false).
 # Before each step the script checks its own budget: a step whose estimate no longer fits is skipped, and the
 # summary says so; a step that runs is cut off (timeout) at 3x its estimate or at the end of the budget.
 # Results: at most 6 files in $OUT, written even when a step fails or is cut off:
 #   summary.txt     one page: machine, every step's status and seconds, the test, sanitizer and benchmark lines
 #   results.tar.gz  every step's log and the benchmark JSONs this run wrote (bench/results/*.json)
 #   junit.xml       the CUDA op tests
+#   demo.json       the demo run's metrics, step times and validations, evaluate.py's and predict's results
 #
 #   bash bench/gpu_session.sh              # on the GPU machine, in the repo root, with .whl/ carried along
 #   bash bench/gpu_session.sh --dry-run    # anywhere: the plan with estimates, and every step that needs no GPU
@@ -43,6 +45,7 @@ PLAN="env 5 cpu
 wheels 10 cpu
 build 60 cpu
 tests 90 cpu
+demo 240 gpu
 sanitizer 120 gpu
 bench_fp32 45 gpu
 bench_bf16 45 gpu
@@ -107,6 +110,7 @@ package() {
         done < "$STATUS"
         echo
         echo "--- tests";           summary_lines tests '(passed|failed|error|collected|no tests)' 1
+        echo "--- demo (train bf16-mixed, evaluate, predict)"; summary_lines demo '^(demo|metrics:)' 6
         echo "--- sanitizer";       summary_lines sanitizer '(ERROR SUMMARY|passed|failed)' 2
         echo "--- op benchmark fp32 (ms; x = torchvision / ours; bw = fused fwd+bwd bandwidth fraction)"
         summary_lines bench_fp32 '^(case|roi_|measured)' 8
@@ -151,12 +155,21 @@ if [ "$DRY" -eq 0 ]; then  # the FMA variant for fmad_cost, built on the idle co
      echo "build finished, exit code $?" >> "$WORK/logs/build_fmad.log") &
 fi
 
-OP_TESTS="tests/test_ops_cuda.py tests/test_multilevel.py"
+OP_TESTS="tests/test_ops_cuda.py tests/test_multilevel.py tests/test_paste.py"
 if [ "$DRY" -eq 1 ]; then  # collecting them proves the GPU run will find them (no hydra needed)
     step tests "$PY" -m pytest -q -p no:cacheprovider --collect-only $OP_TESTS --junitxml="$OUT/junit.xml"
 else
     step tests "$PY" -m pytest -q -rs -p no:cacheprovider $OP_TESTS --junitxml="$OUT/junit.xml"
 fi
+
+# The user's main job on the GPU: the Quick-start demo in bf16-mixed (the shapes data is generated first, in the
+# step), then evaluate.py and predict on its last checkpoint; bench/demo_summary.py gathers it into demo.json.
+gpu_step demo bash -c '
+    set -e
+    "$PY" train.py experiment=demo trainer.precision=bf16-mixed data.module.num_workers=4         hydra.run.dir="$WORK/demo/train"
+    "$PY" evaluate.py ckpt_path="$WORK/demo/train/checkpoints/last.ckpt" hydra.run.dir="$WORK/demo/evaluate"
+    "$PY" -m maskrcnn.predict ckpt_path="$WORK/demo/train/checkpoints/last.ckpt" output="$WORK/demo/predict"         "input="data/shapes-256px-2000+200-seed0/val/00000[0-3].png"" score_thresh=0.3
+    "$PY" -m bench.demo_summary "$WORK/demo" --out "$OUT/demo.json"'
 
 # Every tensor its own cudaMalloc, so that memcheck sees an access past a tensor's end.
 gpu_step sanitizer env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \

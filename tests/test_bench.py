@@ -92,3 +92,26 @@ def test_multilevel_bench_times_three_ways_of_the_same_work(tmp_path):
     rows = multilevel.run(torch.device("cpu"), 1, channels=4, images=1, rois_per_image=48)
     assert [row["output"] for row in rows] == ["7x7", "14x14"]
     assert all(v > 0 for row in rows for k, v in row.items() if k.endswith("_ms"))
+
+
+def test_demo_summary_gathers_the_run_its_step_times_evaluation_and_predictions(tmp_path):
+    """bench/demo_summary.py, as gpu_session.sh's demo step calls it, on a run dir with known step times."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bench import demo_summary
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "predict").mkdir()
+    metrics = {"segm/AP": 0.5, "bbox/AP": 0.4, "steps": 4, "train_minutes": 0.1, "validations": [{"step": 4}]}
+    (tmp_path / "train" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"segm/AP": 0.5, "bbox/AP": 0.4, "roi": "x"}))
+    (tmp_path / "predict" / "summary.json").write_text(json.dumps({"images": 4, "detections": 7}))
+    with SummaryWriter(str(tmp_path / "train" / "tensorboard")) as writer:
+        for step, wall in enumerate([100.0, 100.5, 101.0, 101.5, 109.5, 110.0]):  # 8 s: a validation
+            writer.add_scalar("train/loss", 1.0, step, walltime=wall)
+    summary = demo_summary.main([str(tmp_path), "--out", str(tmp_path / "demo.json")])
+    assert json.loads((tmp_path / "demo.json").read_text()) == summary
+    assert summary["step_times"]["steps"] == 6 and summary["step_times"]["median_s"] == pytest.approx(0.5)
+    assert summary["evaluate"] == {"segm/AP": 0.5, "bbox/AP": 0.4} and summary["predict"]["detections"] == 7
+    assert summary["validations"] == [{"step": 4}] and "validations" not in summary["train"]

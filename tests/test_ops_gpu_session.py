@@ -12,8 +12,8 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ["env", "wheels", "build", "tests", "sanitizer", "bench_fp32", "bench_bf16", "train_step", "deterministic",
-         "multilevel", "fmad_cost"]
+STEPS = ["env", "wheels", "build", "tests", "demo", "sanitizer", "bench_fp32", "bench_bf16", "train_step",
+         "deterministic", "multilevel", "fmad_cost"]
 
 
 def dry_run(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, Path, str]:
