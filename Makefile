@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,fast-eval]"
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,fast-eval,export]"
 	touch $@
 
 setup: $(VENV)/.installed
