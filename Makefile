@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup build build-cuda test test-fast demo lint clean
+.PHONY: setup build build-cuda wheel test test-fast demo lint clean
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+# torch first: setup.py builds against the installed torch, so the install runs without build isolation. An
+# editable install compiles no ops; the checkout JIT-compiles them into .build/ (make build).
+$(VENV)/.installed: pyproject.toml setup.py constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,fast-eval,export]"
+	$(PY) -m pip install -q -c constraints-cpu.txt torch torchvision "setuptools>=69" wheel
+	$(PY) -m pip install -q -c constraints-cpu.txt --no-build-isolation -e ".[dev,fast-eval,export]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -18,6 +21,11 @@ build: setup
 
 build-cuda: setup
 	$(PY) -m ops.build --cuda
+
+# The installable wheel (compiled ops, configs, console scripts) in dist/; ROI_OPS_CUDA=1 adds the CUDA ops and
+# ROI_OPS_CPU_CAPABILITIES=native builds only this machine's CPU library (see setup.py).
+wheel: setup
+	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
 
 test: build
 	$(PY) -m pytest -q
@@ -32,4 +40,4 @@ lint: setup
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf .build outputs multirun
+	rm -rf .build build dist outputs multirun

@@ -2,21 +2,11 @@
 
 python evaluate.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt
 python evaluate.py ckpt_path=... data=coco eval.backend=faster_coco_eval
+
+The checkout's entry point; an installed copy has the same command as `roi-gap-evaluate` (maskrcnn/cli.py).
 """
 
-import hydra
-from omegaconf import DictConfig
-
-from maskrcnn.evaluate_checkpoint import evaluate
-from maskrcnn.resolvers import register_resolvers
-
-register_resolvers()  # before @hydra.main composes the config
-
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
-
+from maskrcnn.cli import evaluate as main
 
 if __name__ == "__main__":
     main()

@@ -4,21 +4,11 @@ python train.py                                  # r18_fpn, roi=align, built-in 
 python train.py roi=pool model=r18_c5            # another RoI op / model
 python train.py experiment=coco_r50_fpn_1x       # the paper's schedule on COCO, 8 GPUs
 python train.py -m roi=pool,align seed=0,1       # a sweep (Hydra multirun)
+
+The checkout's entry point; an installed copy has the same command as `roi-gap-train` (maskrcnn/cli.py).
 """
 
-import hydra
-from omegaconf import DictConfig
-
-from maskrcnn.resolvers import register_resolvers
-from maskrcnn.training import train
-
-register_resolvers()  # before @hydra.main composes the config
-
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
-
+from maskrcnn.cli import train as main
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ import torch
 import ops
 from bench.report import write_json
 from bench.roi_ops import RESULTS, STRIDES, machine, machine_slug, make_workload, sync
-from roi_heads.roi_op import pool_by_level
+from roi_heads.contract import pool_by_level
 
 SCALES = [1.0 / s for s in STRIDES]
 

@@ -5,7 +5,7 @@ Two setups (``--setup``):
 * ``r50_fpn``: our R50-FPN detector against torchvision's ``maskrcnn_resnet50_fpn`` (same RPN / box / mask head
   sizes, 80 classes), on a synthetic batch (about 7 instances per image, boxes with elliptic masks);
 * ``demo``: the detector of ``configs/experiment/demo.yaml`` (r18_fpn on the 256 px shapes data, batch 4, fp32)
-  twice, with ``roi.impl=ours`` and ``roi.impl=torchvision`` (torchvision's RoIAlign in our detector, grouped by
+  twice, with ``roi=align`` (ours) and ``roi=align-torchvision`` (torchvision's RoIAlign in our detector, grouped by
   level as its MultiScaleRoIAlign does), on a real shapes batch generated into a temporary directory.
 
     python -m bench.train_step --device cuda                        # 8 x 800x1333, bf16 autocast (the issue's setting)
@@ -72,9 +72,10 @@ TOP_OPS = 15  # operators listed per phase
 
 def build(impl: str, setup: str, size: tuple[int, int]) -> nn.Module:
     """r50_fpn: R50-FPN Mask R-CNN, 80 classes, inputs resized to min/max side `size`, ours or torchvision's.
-    demo: the demo experiment's detector with roi.impl=`impl`."""
+    demo: the demo experiment's detector with roi=align (ours) or roi=align-torchvision."""
     if setup == "demo":
-        cfg = compose_config("train", ["experiment=demo", f"roi.impl={impl}"])
+        roi = "align" if impl == "ours" else "align-torchvision"
+        cfg = compose_config("train", ["experiment=demo", f"roi={roi}"])
         return build_model(cfg.model, cfg.roi, len(SHAPE_CLASSES), cfg.data.image_min_size, cfg.data.image_max_size)
     min_size, max_size = min(size), max(size)
     if impl == "torchvision":

@@ -1,8 +1,8 @@
-"""Builds the Mask R-CNN of a `model` config around the RoI op of a `roi` config.
+"""Builds the Mask R-CNN of a `model` config around the RoI extractor of a `roi` config.
 
 The config sections are the builders' keyword arguments: `model.backbone` and `roi` are instantiated through
 their `_target_`, `model.rpn` and `model.roi_heads` feed `build_rpn` / `build_roi_heads`. Every size and
-threshold lives in configs/model/*.yaml.
+threshold lives in configs/model/*.yaml. The `roi` config's extractor is built by maskrcnn.roi_extractors.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from maskrcnn.backbones import Backbone
 from maskrcnn.detector import MaskRCNN
+from maskrcnn.roi_extractors import build_poolers
 from maskrcnn.rpn import build_rpn
 from roi_heads import (
     BoxPredictor,
@@ -24,9 +25,7 @@ from roi_heads import (
     MLPBoxHead,
     ProposalSampler,
     Res5BoxHead,
-    RoIExtractor,
     RoIHeads,
-    RoIOp,
 )
 from roi_heads.box_coder import Float32BoxCoder
 
@@ -40,13 +39,13 @@ def build_model(
     a short side of min_size, a long side of at most max_size."""
     backbone: Backbone = instantiate(model["backbone"])
     transform = GeneralizedRCNNTransform(min_size, max_size, IMAGE_MEAN, IMAGE_STD)
-    heads = build_roi_heads(backbone, instantiate(roi), num_classes, **model["roi_heads"])
+    heads = build_roi_heads(backbone, roi, num_classes, **model["roi_heads"])
     return MaskRCNN(transform, backbone.body, build_rpn(backbone, **model["rpn"]), heads)
 
 
 def build_roi_heads(
     backbone: Backbone,
-    op: RoIOp,
+    roi: Mapping[str, Any],
     num_classes: int,
     *,
     box_resolution: int,
@@ -66,15 +65,16 @@ def build_roi_heads(
     min_box_size: float,
     detections_per_img: int,
 ) -> RoIHeads:
-    """The RoI heads of a `model.roi_heads` config (its keys are the keywords here).
+    """The RoI heads of a `model.roi_heads` config (its keys are the keywords here), around the extractor of the
+    `roi` config (build_poolers).
 
     With a C4 backbone, res5 is the head shared by the box and mask branches (Mask R-CNN, Fig. 4 left), and
     box_head_dim / mask_head_dims (the FPN and C5 heads' sizes) are not used.
     """
 
-    def extractor(size: int) -> RoIExtractor:
-        return RoIExtractor(op, backbone.featmap_names, backbone.strides, size, canonical_scale, canonical_level)
-
+    poolers = build_poolers(
+        roi, backbone, {"box": box_resolution, "mask": mask_resolution}, canonical_scale, canonical_level
+    )
     box_head: nn.Module
     if backbone.res5 is not None:
         c5 = backbone.out_channels * 2
@@ -86,10 +86,10 @@ def build_roi_heads(
         mask_channels = mask_head.out_channels
     box_coder = Float32BoxCoder(weights=tuple(box_coder_weights))
     return RoIHeads(
-        box_extractor=extractor(box_resolution),
+        box_extractor=poolers["box"],
         box_head=box_head,
         box_predictor=BoxPredictor(box_head.out_dim, num_classes),
-        mask_extractor=extractor(mask_resolution),
+        mask_extractor=poolers["mask"],
         mask_head=mask_head,
         mask_predictor=MaskPredictor(mask_channels, mask_predictor_dim, num_classes),
         sampler=ProposalSampler(box_coder, fg_iou_thresh, bg_iou_thresh, batch_size_per_image, positive_fraction),

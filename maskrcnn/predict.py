@@ -1,4 +1,5 @@
 """Predict on your own images: python -m maskrcnn.predict ckpt_path=... input=<image | folder | glob> output=<dir>
+(installed: roi-gap-predict ckpt_path=... input=... output=...)
 
 Writes, under `output`:
     drawn/<name>.png   each readable image with its detections drawn (masks, boxes, class names, scores), at the
@@ -29,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from PIL import Image
@@ -39,11 +39,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from maskrcnn.checkpoints import CheckpointError
 from maskrcnn.coco_eval import detections_to_coco
-from maskrcnn.config import CONFIG_DIR
 from maskrcnn.data.coco import BadDataError
 from maskrcnn.data.image_file import read_image
+from maskrcnn.roi_config import RoIConfigError
 from maskrcnn.trained_model import load_detector
 from maskrcnn.viz import draw_prediction
+from roi_heads import ExtractorError
 
 log = logging.getLogger("maskrcnn.predict")  # not __name__, which is __main__ under python -m
 ON_BAD_FILE = ("error", "skip")
@@ -250,17 +251,24 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
+    """The command (maskrcnn.cli.predict): predict(cfg), with a one-line error for a bad input or checkpoint."""
     try:
         predict(cfg)
-    except (BadDataError, PredictInputError, CheckpointError, FileNotFoundError) as e:
+    except (BadDataError, PredictInputError, CheckpointError, FileNotFoundError, ExtractorError, RoIConfigError) as e:
         # The message names the file and what is wrong with it; the stack inside PIL or torch.load adds
         # nothing a user can act on.
         message = f"error: {e}"
         if isinstance(e, BadDataError):
             message += f"\n(the outputs of the files before it are in {cfg.output}; on_bad_file=skip skips such files)"
         raise SystemExit(message) from None
+
+
+def main() -> None:
+    """python -m maskrcnn.predict: the Hydra app over configs/predict.yaml (maskrcnn.cli)."""
+    from maskrcnn.cli import predict as command
+
+    command()
 
 
 if __name__ == "__main__":

@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from maskrcnn.resolvers import roi_id
-
 
 def run_metrics(run_config: Any, coco_metrics: dict[str, float]) -> dict[str, Any]:
     """The COCO metrics (flat bbox/AP ... segm/APl keys) and which run they belong to: roi, model, data, seed."""
     return {
         **coco_metrics,
-        "roi": roi_id(run_config["roi"]["name"], run_config["roi"].get("impl", "ours")),
+        "roi": run_config["roi"]["name"],
         "model": run_config["model"]["name"],
         "data": run_config["data"]["name"],
         "seed": int(run_config["seed"]),

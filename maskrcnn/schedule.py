@@ -33,6 +33,7 @@ class Schedule:
     lr_steps: list[int]
     warmup_iters: int
     val_check_interval: int | float  # a float < 1 is a fraction of an epoch (Lightning), not scaled
+    val_steps: list[int]  # further validations, after these steps (train.val_steps)
     checkpoint_every_n_steps: int
     global_batch_size: int
     factor: float  # steps multiplied by this (1.0: as configured)
@@ -43,7 +44,7 @@ def scaled_schedule(cfg: Any, world_size: int) -> Schedule:
 
     The config gives it for a global batch of `optim.base_batch_size`. With `optim.scale_schedule` (the
     default), a different global batch scales the learning rate linearly (Goyal et al.) and every length in
-    steps inversely (max_steps, the LR steps, warmup, the validation interval and the checkpoint period), as
+    steps inversely (max_steps, the LR steps, warmup, the validation interval and steps, the checkpoint period), as
     detectron2 does: a 1-GPU run follows the 8-GPU schedule in epochs. Without it only the lr is scaled.
     """
     optim, trainer = cfg.optim, cfg.trainer
@@ -62,6 +63,7 @@ def scaled_schedule(cfg: Any, world_size: int) -> Schedule:
         lr_steps=[steps(s) for s in optim.steps],
         warmup_iters=round(optim.warmup_iters * factor),
         val_check_interval=steps(val_every) if isinstance(val_every, int) else val_every,
+        val_steps=[steps(s) for s in cfg.train.get("val_steps", [])],
         checkpoint_every_n_steps=steps(cfg.train.checkpoint_every_n_steps),
         global_batch_size=global_batch,
         factor=factor,
@@ -83,10 +85,11 @@ def log_schedule(cfg: Any, schedule: Schedule) -> None:
     log.info(
         "schedule scaled for global batch %d (optim.base_batch_size %d, x%g steps; optim.scale_schedule=false "
         "turns it off): lr %g -> %g, max_steps %d -> %d, lr steps %s -> %s, warmup %d -> %d, "
-        "val_check_interval %d -> %d, checkpoint_every_n_steps %d -> %d",
+        "val_check_interval %d -> %d, val_steps %s -> %s, checkpoint_every_n_steps %d -> %d",
         schedule.global_batch_size, base, schedule.factor, cfg.optim.lr, schedule.lr,
         cfg.trainer.max_steps, schedule.max_steps, list(cfg.optim.steps), schedule.lr_steps,
         cfg.optim.warmup_iters, schedule.warmup_iters, cfg.trainer.val_check_interval, schedule.val_check_interval,
+        list(cfg.train.get("val_steps", [])), schedule.val_steps,
         cfg.train.checkpoint_every_n_steps, schedule.checkpoint_every_n_steps,
     )  # fmt: skip
 

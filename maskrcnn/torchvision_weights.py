@@ -28,10 +28,10 @@ from maskrcnn.checkpoints import CheckpointError, load_torch_file
 from maskrcnn.config import compose_config
 from maskrcnn.lightning_module import CHECKPOINT_FORMAT
 from maskrcnn.training import build_module
-from roi_heads.variants import find
 
-# torchvision's MultiScaleRoIAlign: unaligned RoIAlign, averaging 2x2 samples per bin.
-TORCHVISION_ROI = find(kind="align", pool_mode="avg", aligned=False, sampling_ratio=2).name
+# torchvision's MultiScaleRoIAlign: unaligned RoIAlign, averaging 2x2 samples per bin (configs/roi/align_legacy.yaml;
+# align_legacy-torchvision is torchvision's op itself).
+TORCHVISION_ROI = "align_legacy"
 _MASK_CONV = re.compile(r"^roi_heads\.mask_head\.(\d+)\.0\.")
 _RENAMES = {
     "roi_heads.mask_predictor.conv5_mask.": "roi_heads.mask_predictor.deconv.",
@@ -68,15 +68,15 @@ def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     roi: str = TORCHVISION_ROI,
-    roi_impl: str = "ours",
     min_size: int = 800,
     max_size: int = 1333,
     overrides: list[str] | None = None,
 ) -> Path:
     """A torchvision Mask R-CNN R50-FPN state_dict file -> a checkpoint that evaluate.py (and train.py) loads.
 
-    roi / roi_impl: the RoI op of the converted model; torchvision's by default (impl=torchvision gives
-    bit-identical outputs, ours agrees to float32 rounding). min_size / max_size: the image resize (torchvision:
+    roi: the `roi=` variant of the converted model; torchvision's RoIAlign by default, computed by our op
+    (align_legacy-torchvision, torchvision's op itself, gives bit-identical outputs; ours agrees to float32
+    rounding). min_size / max_size: the image resize (torchvision:
     800 / 1333). overrides: further Hydra overrides of the run config (e.g. model.rpn.post_nms_top_n_test=300).
     """
     src, dst = Path(src), Path(dst)
@@ -98,7 +98,6 @@ def convert(
             "model=r50_fpn",
             "model.backbone.norm=frozen_bn",
             f"roi={roi}",
-            f"roi.impl={roi_impl}",
             "data=coco",
             f"data.image_min_size={min_size}",
             f"data.image_max_size={max_size}",
@@ -134,13 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="torchvision state_dict file, e.g. maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
     parser.add_argument("dst", help="checkpoint to write, for evaluate.py ckpt_path=...")
-    parser.add_argument("--roi", default=TORCHVISION_ROI, help="RoI variant (default: torchvision's)")
-    parser.add_argument("--roi-impl", default="ours", choices=["ours", "torchvision"])
+    parser.add_argument("--roi", default=TORCHVISION_ROI,
+                        help="RoI variant (default: torchvision's RoIAlign, by our op; align_legacy-torchvision: "
+                             "torchvision's op)")
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run config, e.g. model.rpn.nms_thresh=0.6")
     args = parser.parse_args(argv)
-    dst = convert(args.src, args.dst, args.roi, args.roi_impl, args.min_size, args.max_size, args.overrides)
+    dst = convert(args.src, args.dst, args.roi, args.min_size, args.max_size, args.overrides)
     print(f"wrote {dst}: python evaluate.py ckpt_path={dst} data=coco")
 
 

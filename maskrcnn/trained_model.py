@@ -48,12 +48,30 @@ def load_detector(path: str | os.PathLike) -> tuple[DetectorModule, dict[str, An
         )
     hparams = copy.deepcopy(hparams)
     hparams["model"]["backbone"]["weights"] = None
+    hparams["roi"] = upgrade_roi(hparams["roi"])
+    if isinstance(hparams.get("run_config"), dict) and "roi" in hparams["run_config"]:
+        hparams["run_config"]["roi"] = upgrade_roi(hparams["run_config"]["roi"])
     module = DetectorModule(**hparams)
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:  # missing or unexpected keys, wrong shapes
         raise CheckpointError(f"{path}: its weights do not fit the model its config builds today: {e}") from e
     return module.eval(), hparams["run_config"]
+
+
+def upgrade_roi(roi: dict[str, Any]) -> dict[str, Any]:
+    """A `roi` config of the code before the extractor contract (issue 23) -> today's.
+
+    It had `impl: ours | torchvision` on every built-in variant. torchvision's op is now its own class
+    (roi_heads.TorchvisionRoIOp), and a run of it was and stays named `<variant>-torchvision`.
+    """
+    if "impl" not in roi:
+        return roi
+    upgraded = {key: value for key, value in roi.items() if key != "impl"}
+    if roi["impl"] == "torchvision":
+        upgraded["_target_"] = "roi_heads.TorchvisionRoIOp"
+        upgraded["name"] = f"{roi['name']}-torchvision"
+    return upgraded
 
 
 def _upgrade_format_1(hparams: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -79,7 +97,7 @@ def _upgrade_format_1(hparams: dict[str, Any], path: Path) -> dict[str, Any]:
                                            "momentum": cfg["optim"]["momentum"]}}  # fmt: skip
     return {
         "model": model,
-        "roi": {"_target_": "roi_heads.RoIOp", **cfg["roi"]},
+        "roi": upgrade_roi({"_target_": "roi_heads.RoIOp", **cfg["roi"]}),
         "classes": classes,
         "image_min_size": cfg["data"]["image_min_size"],
         "image_max_size": cfg["data"]["image_max_size"],

@@ -15,10 +15,12 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from maskrcnn.callbacks import CocoEvaluation, NonFiniteGuard, RNGStates, SkippedImages, ValidationImages
+from maskrcnn.callbacks.convergence import ConvergenceCheck
+from maskrcnn.callbacks.validation_schedule import ValidationSchedule
 from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from maskrcnn.lightning_module import DetectorModule
 from maskrcnn.run_metrics import run_metrics, write_metrics, write_per_class
-from maskrcnn.runinfo import device_description
+from maskrcnn.runinfo import code_version, device_description
 from maskrcnn.schedule import Schedule, log_schedule, scaled_schedule, world_size
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ _RESUMABLE_CHANGES = ("ckpt_path", "paths.", "trainer.max_steps", "trainer.enabl
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Trains (or resumes), validates the final weights, writes metrics.json, returns its content."""
+    code = code_version()  # the checkout as the run starts: what trains is what was there then
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
     resumed_step = _check_resumable(ckpt_path, cfg) if ckpt_path else 0
@@ -67,6 +70,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         LastCheckpoint(output_dir / "checkpoints", schedule.checkpoint_every_n_steps),
         LearningRateMonitor("step"),
     ]
+    if schedule.val_steps:
+        callbacks.append(ValidationSchedule(schedule.val_check_interval, schedule.val_steps))
+    convergence = _convergence_check(cfg, schedule)
+    if convergence is not None:
+        callbacks.append(convergence)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_steps=schedule.max_steps,
@@ -85,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if evaluation.metrics_step != trainer.global_step:  # the final weights were not evaluated yet
         trainer.validate(module, datamodule=datamodule, verbose=False)
 
+    validations = evaluation.history
     metrics = {
         **run_metrics(cfg, evaluation.metrics),
         "steps": int(trainer.global_step),
@@ -92,6 +101,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "device": device_description(),
         "skipped_steps": guard.skipped_steps,
         "skipped_images": len(skipped_images.image_ids),
+        **code,
+        "validations": validations,
+        "tail": tail_mean(validations, int(cfg.train.get("report_tail", 1))),
+        "convergence": None if convergence is None else convergence.verdict(validations),
     }
     if trainer.is_global_zero:
         if skipped_images.image_ids:
@@ -100,10 +113,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_metrics(output_dir, metrics)
         write_per_class(output_dir, evaluation.per_class)
         logger.log_hyperparams(
-            {key: metrics[key] for key in ("roi", "model", "seed", "data")},
+            {key: str(metrics[key]) if metrics[key] is None else metrics[key]
+             for key in ("roi", "model", "seed", "data", "git_commit", "git_dirty")},
             {f"hparams/{k.replace('/', '_')}": v for k, v in evaluation.metrics.items()},
         )
     return metrics
+
+
+def tail_mean(validations: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+    """{"n", "steps", "metrics"}: the mean of each metric over the last n validations (fewer if the run made
+    fewer); None without validations."""
+    last = validations[-max(n, 1):]
+    if not last:
+        return None
+    keys = [k for k in last[-1] if k != "step"]
+    return {"n": len(last), "steps": [v["step"] for v in last],
+            "metrics": {k: sum(v[k] for v in last) / len(last) for k in keys}}  # fmt: skip
+
+
+def _convergence_check(cfg: DictConfig, schedule: Schedule) -> ConvergenceCheck | None:
+    """train.convergence's rule, its window ending at the first LR decay (as scaled); None when not configured."""
+    rule = cfg.train.get("convergence")
+    if not rule:
+        return None
+    if not schedule.lr_steps:
+        raise ValueError("train.convergence judges the classifier loss before the first LR decay: optim.steps is empty")
+    return ConvergenceCheck(schedule.lr_steps[0], rule.window, rule.max_classifier_loss, rule.max_tail_range,
+                            int(cfg.train.get("report_tail", 1)))  # fmt: skip
 
 
 def build_module(cfg: DictConfig, classes: list[dict[str, Any]], schedule: Schedule | None = None) -> DetectorModule:

@@ -1,8 +1,13 @@
-"""Loads the ``roi_ops`` extension and registers the fake (meta) kernels and the autograd formula of its one
-schema pair, ``multilevel_roi_forward`` / ``multilevel_roi_backward``.
+"""Loads the ``roi_ops`` extension on first use and registers the fake (meta) kernels and the autograd formula
+of its one schema pair, ``multilevel_roi_forward`` / ``multilevel_roi_backward``.
 
 The schemas and the CPU/CUDA kernels live in C++ (``torch.ops.roi_ops.*``); everything that only needs shapes
 (fake kernels for ``torch.compile`` / ``opcheck``) and the backward wiring lives here.
+
+Lazy: ``import ops`` neither compiles nor loads anything. The first op call (or :func:`load`) loads the
+library (:mod:`ops._library`: an installed copy's prebuilt one, else a JIT build) and registers the Python
+side. So a process that never calls our ops (``roi=align-torchvision``, the analysis tools) needs no compiled
+library and no compiler, whoever imports ``ops``.
 
 Shapes: inputs L x [N, C, H_l, W_l], rois [K, 5], levels Int64[K] or None (one map), output and argmax
 [K, C, ph, pw] (argmax int32, [0] for the avg modes).
@@ -10,14 +15,52 @@ Shapes: inputs L x [N, C, H_l, W_l], rois [K, 5], levels Int64[K] or None (one m
 
 from __future__ import annotations
 
-import torch
+import threading
 
-from . import build
+import torch
+from torch import Tensor
+
+from . import _library
 from ._validation import coord_dtype
 
-build.load()
+_ops = torch.ops.roi_ops  # a namespace handle; its ops resolve once the library is loaded
+_lock = threading.Lock()
+_libraries: list[str] = []  # the loaded libraries' paths; empty until the first load
+_cuda_kernels = False
 
-_ops = torch.ops.roi_ops
+
+def load(verbose: bool = False) -> list[str]:
+    """Loads the ``roi_ops`` library (first call only; thread-safe) and registers its fake kernels and autograd,
+    so that ``torch.ops.roi_ops.*`` can be called directly. -> the paths of the libraries in use."""
+    global _cuda_kernels
+    if _libraries:
+        return list(_libraries)
+    with _lock:
+        if not _libraries:
+            paths = _library.load(verbose)
+            _register()
+            _cuda_kernels = _library.has_cuda_kernels()
+            _libraries.extend(paths)
+    return list(_libraries)
+
+
+@torch.compiler.assume_constant_result
+def _load_for(cuda: bool) -> bool:
+    """load(); then whether there are kernels for the device. Run eagerly even while torch.compile traces a
+    caller (a constant to the graph), so that the first op call may come inside a compiled function."""
+    load()
+    return _cuda_kernels or not cuda
+
+
+def ready(x: Tensor) -> None:
+    """Called by every op before it runs: loads the library on first use; a clear error for a CUDA tensor when
+    this install has no CUDA kernels (rather than the dispatcher's "could not run ... 'CUDA' backend")."""
+    if not _load_for(x.is_cuda):
+        raise RuntimeError(
+            "roi_ops: this install of roi-gap has no CUDA kernels (it was built without a CUDA toolkit, or "
+            "without ROI_OPS_CUDA=1). Reinstall it where nvcc is found, with ROI_OPS_CUDA=1 "
+            "(pip install --no-build-isolation .), or run the ops on CPU tensors."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -30,8 +73,9 @@ def _check_rois_dtype(x, rois, what):
     )
 
 
-@torch.library.register_fake("roi_ops::multilevel_roi_forward")
-def _(inputs, rois, levels, spatial_scales, kind, pooled_height, pooled_width, sampling_ratio, aligned, max_mode):
+def _fake_forward(
+    inputs, rois, levels, spatial_scales, kind, pooled_height, pooled_width, sampling_ratio, aligned, max_mode
+):
     torch._check(len(inputs) > 0, lambda: "multilevel_roi_forward needs at least one feature map")
     x = inputs[0]
     torch._check(x.dim() == 4, lambda: f"input must be [N, C, H, W], got {tuple(x.shape)}")
@@ -45,8 +89,7 @@ def _(inputs, rois, levels, spatial_scales, kind, pooled_height, pooled_width, s
     return x.new_empty(shape), x.new_empty(shape if has_argmax else (0,), dtype=torch.int32)
 
 
-@torch.library.register_fake("roi_ops::multilevel_roi_backward")
-def _(
+def _fake_backward(
     grad,
     rois,
     levels,
@@ -102,4 +145,7 @@ def _backward(ctx, grad_out, grad_argmax):
     return grads, None, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("roi_ops::multilevel_roi_forward", _backward, setup_context=_setup_context)
+def _register() -> None:
+    torch.library.register_fake("roi_ops::multilevel_roi_forward", _fake_forward)
+    torch.library.register_fake("roi_ops::multilevel_roi_backward", _fake_backward)
+    torch.library.register_autograd("roi_ops::multilevel_roi_forward", _backward, setup_context=_setup_context)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _registration  # noqa: F401  (loads the extension, registers fake kernels + autograd)
+from . import _registration  # loads the extension on first use, registers fake kernels + autograd
 from ._validation import check_levels, check_pool_mode, check_scalars, pair, to_rois
 
 __all__ = ["multilevel_roi", "roi_align", "roi_pool", "roi_warp"]
@@ -37,6 +37,7 @@ KINDS = ("align", "warp", "pool")
 
 def _one_map(input, rois, scale, kind, ph, pw, sampling_ratio, aligned, max_mode) -> Tensor:
     """The single-level ops are the one-map case of the schema pair (levels None: every RoI reads ``input``)."""
+    _registration.ready(input)
     out, _ = torch.ops.roi_ops.multilevel_roi_forward(
         [input], rois, None, [scale], kind, ph, pw, sampling_ratio, aligned, max_mode
     )
@@ -196,6 +197,7 @@ def multilevel_roi(
     features = list(features)
     scales = check_levels(features, rois, levels, spatial_scales, validate)
     rois = to_rois(features[0], rois, "multilevel_roi", validate)
+    _registration.ready(features[0])
     out, _ = torch.ops.roi_ops.multilevel_roi_forward(
         features, rois, levels, scales, kind, ph, pw, sr, bool(aligned), max_mode
     )

@@ -1,4 +1,4 @@
-"""RoI feature extraction from one feature map (C4/C5) or an FPN pyramid."""
+"""RoI feature extraction from one feature map (C4/C5) or an FPN pyramid, with any op of the contract."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from roi_heads.roi_op import RoIOp, boxes_to_rois
+from roi_heads.contract import RoIFeatureOp
 
 
 def level_of_boxes(
@@ -26,10 +26,11 @@ def level_of_boxes(
 
 
 class RoIExtractor(nn.Module):
-    """Pools a [C, S, S] feature per box with `op`, from the pyramid level the box belongs to.
+    """Pools a [C, S, S] feature per box with `op`, from the pyramid level the box belongs to: a pooler of the
+    contract (roi_heads.contract), built around an op.
 
     Args:
-        op: the RoI operator (align / pool / warp).
+        op: the RoI op (roi_heads.contract.RoIFeatureOp: ours, torchvision's, or a user's).
         featmap_names: keys of the backbone's feature dict to pool from, finest first.
         strides: the stride of each of those maps w.r.t. the input image (powers of two).
         output_size: S, the side of the pooled feature.
@@ -38,7 +39,7 @@ class RoIExtractor(nn.Module):
 
     def __init__(
         self,
-        op: RoIOp,
+        op: RoIFeatureOp,
         featmap_names: Sequence[str],
         strides: Sequence[int],
         output_size: int,
@@ -58,8 +59,13 @@ class RoIExtractor(nn.Module):
         self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
         self.min_level, self.max_level = int(levels[0]), int(levels[-1])
 
-    def forward(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
-        """features {name: [N, C, H_l, W_l]}, boxes: N x [L_i, 4] image coords -> [R, C, S, S]."""
+    def forward(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]] | None = None
+    ) -> Tensor:
+        """features {name: [N, C, H_l, W_l]}, boxes: N x [L_i, 4] image coords -> [R, C, S, S].
+
+        image_sizes (the contract's third argument) is not needed: the strides are known.
+        """
         rois = boxes_to_rois(boxes)
         maps = [features[name] for name in self.featmap_names]
         if len(maps) == 1:
@@ -71,3 +77,11 @@ class RoIExtractor(nn.Module):
 
     def extra_repr(self) -> str:
         return f"featmaps={self.featmap_names}, strides={self.strides}, output_size={self.output_size}"
+
+
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """list of N Tensor[L_i, 4] -> Tensor[R, 5] with the image index in column 0."""
+    if not boxes:
+        raise ValueError("boxes_to_rois needs at least one image's boxes")
+    index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
+    return torch.cat([index, torch.cat(boxes)], dim=1)

@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from maskrcnn.builders import build_model
-from roi_heads import RoIOp
+from roi_heads import RoIFeatureOp
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -18,17 +18,18 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("roi", _options("roi"))
 def test_roi_options_build_their_op(compose_cfg, roi):
     cfg = compose_cfg("train", [f"roi={roi}"])
-    op = instantiate(cfg.roi)
-    assert isinstance(op, RoIOp)
-    assert cfg.roi.name == roi == op.name
+    op = instantiate({k: v for k, v in cfg.roi.items() if k != "name"})
+    assert isinstance(op, RoIFeatureOp)
+    assert cfg.roi.name == roi
     assert op.kind == cfg.roi.kind
+    assert type(op).__name__ == cfg.roi._target_.rpartition(".")[2]
 
 
-def test_runs_of_a_roi_impl_sweep_get_their_own_names(compose_cfg):
-    """`-m roi.impl=ours,torchvision` must not write two runs into one directory."""
+def test_runs_of_ours_and_torchvisions_op_get_their_own_names(compose_cfg):
+    """`-m roi=align,align-torchvision` must not write two runs into one directory."""
     subdirs = [
-        compose_cfg("train", [f"roi.impl={impl}", "seed=3"], return_hydra_config=True).hydra.sweep.subdir
-        for impl in ("ours", "torchvision")
+        compose_cfg("train", [f"roi={roi}", "seed=3"], return_hydra_config=True).hydra.sweep.subdir
+        for roi in ("align", "align-torchvision")
     ]
     assert subdirs == ["r18_fpn_align_s3", "r18_fpn_align-torchvision_s3"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from roi_heads import RoIExtractor, RoIOp, level_of_boxes
+from roi_heads import RoIExtractor, RoIOp, TorchvisionRoIOp, level_of_boxes
 
 
 def test_level_mapping_matches_fpn_formula():
@@ -44,7 +44,7 @@ def test_multilevel_equals_per_level_torchvision():
         torch.tensor([[1.0, 2.0, 63.0, 50.0], [10.0, 10.0, 14.0, 15.0]], dtype=torch.float64),
     ]
     extractor = RoIExtractor(
-        RoIOp("align", impl="torchvision"),
+        TorchvisionRoIOp("align"),
         ["0", "1", "2", "3"],
         [4, 8, 16, 32],
         7,
@@ -67,7 +67,7 @@ def test_multilevel_equals_per_level_torchvision():
 def test_single_level_uses_stride_as_scale():
     feature = torch.randn(1, 4, 8, 8, dtype=torch.float64)
     boxes = [torch.tensor([[32.0, 32.0, 200.0, 160.0]], dtype=torch.float64)]
-    extractor = RoIExtractor(RoIOp("pool", impl="torchvision"), ["0"], [32], 7)
+    extractor = RoIExtractor(TorchvisionRoIOp("pool"), ["0"], [32], 7)
     roi = torch.tensor([[0.0, 32.0, 32.0, 200.0, 160.0]], dtype=torch.float64)
     torch.testing.assert_close(
         extractor({"0": feature}, boxes), torchvision.ops.roi_pool(feature, roi, 7, 1 / 32)
@@ -84,7 +84,7 @@ def test_rejects_bad_strides():
 def test_roi_op_rejects_unknown_and_unsupported_choices():
     with pytest.raises(ValueError, match="roi.kind"):
         RoIOp("crop")
-    with pytest.raises(ValueError, match="roi.impl=torchvision has no counterpart"):
-        RoIOp("warp", impl="torchvision")
-    with pytest.raises(ValueError, match="roi.impl=torchvision has no counterpart"):
-        RoIOp("align", pool_mode="max", impl="torchvision")
+    with pytest.raises(ValueError, match="torchvision.ops has no counterpart"):
+        TorchvisionRoIOp("warp")
+    with pytest.raises(ValueError, match="torchvision.ops has no counterpart"):
+        TorchvisionRoIOp("align", pool_mode="max")

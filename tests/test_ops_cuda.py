@@ -23,6 +23,8 @@ if torch.cuda.is_available():
 
     import ops
 
+    ops.load()  # some tests call torch.ops.roi_ops directly
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (rtol, atol) of a low-precision result against the same math done in float32/float64.
 TOL = {

@@ -18,10 +18,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ops  # noqa: F401  (loads torch.ops.roi_ops)
+import ops
 from ops.build import load_emulation
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
 
+ops.load()  # torch.ops.roi_ops is called directly below
 load_emulation()
 CPU = torch.ops.roi_ops
 EMU = torch.ops.roi_ops_emulated

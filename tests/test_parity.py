@@ -29,7 +29,7 @@ def batch(tmp_path_factory):
 
 
 def _step(compose_cfg, roi: str, impl: str, batch) -> tuple[dict, dict]:
-    cfg = compose_cfg("train", [f"roi={roi}", f"roi.impl={impl}", "model=r18_fpn"])
+    cfg = compose_cfg("train", [f"roi={roi if impl == 'ours' else roi + '-torchvision'}", "model=r18_fpn"])
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.roi, 6, 128, 128).train().double()
     torch.manual_seed(1)  # the same proposal sampling draws

@@ -1,7 +1,7 @@
 """Inference parity with torchvision's Mask R-CNN, stage by stage, through our weights converter.
 
 torchvision's `maskrcnn_resnet50_fpn` (random weights) and our `model=r50_fpn` with its state_dict converted
-by `maskrcnn.torchvision_weights`. With `roi=align_legacy roi.impl=torchvision` (torchvision's own RoIAlign,
+by `maskrcnn.torchvision_weights`. With `roi=align_legacy-torchvision` (torchvision's own RoIAlign,
 aligned=False) every stage is bitwise identical; with our op the pooled features agree to float32 rounding.
 Each stage is fed torchvision's output of the stage before, so a failure names the stage that diverges.
 The class scores are spread first (random weights give near-uniform scores), so NMS ties decide nothing.
@@ -43,8 +43,7 @@ def _ours(compose_cfg, torchvision_model, impl: str):
         "train",
         [
             "model=r50_fpn",
-            "roi=align_legacy",
-            f"roi.impl={impl}",
+            "roi=align_legacy" if impl == "ours" else "roi=align_legacy-torchvision",
             f"model.rpn.pre_nms_top_n_test={PROPOSALS}",
             f"model.rpn.post_nms_top_n_test={PROPOSALS}",
             f"model.roi_heads.detections_per_img={DETECTIONS}",

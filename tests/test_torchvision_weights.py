@@ -101,7 +101,8 @@ def test_converted_weights_score_as_pycocotools_scores_torchvision(compose_cfg, 
         f"model.rpn.post_nms_top_n_test={PROPOSALS}",
         f"model.roi_heads.detections_per_img={DETECTIONS}",
     ]
-    ckpt = convert(weights, tmp_path / "converted.ckpt", roi_impl=impl, min_size=SIZE, max_size=SIZE, overrides=sizes)
+    roi = "align_legacy" if impl == "ours" else "align_legacy-torchvision"
+    ckpt = convert(weights, tmp_path / "converted.ckpt", roi=roi, min_size=SIZE, max_size=SIZE, overrides=sizes)
     cfg = compose_cfg(
         "evaluate",
         [

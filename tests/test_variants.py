@@ -1,40 +1,22 @@
-"""The table of RoI variants (roi_heads/variants.py) agrees with the `roi` config group the model is built from."""
+"""How reports show RoI variants (maskrcnn/analysis/variants.py): every built-in has its own style, and a user's
+extractor, unknown to the table, still gets one."""
 
-from pathlib import Path
-
-import pytest
-from omegaconf import OmegaConf
-
-from roi_heads import RoIOp
-from roi_heads.variants import BASELINE, BY_NAME, VARIANTS, find, of_run, variant
-
-ROI_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "roi"
+from maskrcnn.analysis.variants import BASELINE, STYLES, rank, style
+from maskrcnn.roi_config import builtin_variants
 
 
-def test_every_roi_config_is_a_variant_and_every_variant_a_config():
-    assert sorted(p.stem for p in ROI_CONFIGS.glob("*.yaml")) == sorted(BY_NAME)
+def test_every_builtin_variant_and_the_example_have_a_style_of_their_own():
+    names = [*builtin_variants(), "prroi"]
+    assert set(names) <= STYLES.keys()
+    for attribute in ("color", "label"):
+        assert len({getattr(style(n), attribute) for n in names}) == len(names), attribute
+    assert BASELINE in builtin_variants() and style(BASELINE).paper_row == "RoIPool"
 
 
-@pytest.mark.parametrize("path", sorted(ROI_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_roi_config_has_the_tables_op_arguments(path):
-    cfg = OmegaConf.load(path)
-    v = variant(path.stem)
-    assert cfg.name == v.name
-    assert {key: cfg[key] for key in v.op_args()} == v.op_args()
-    RoIOp(**v.op_args())  # the arguments are ones the model's op accepts
-
-
-def test_variants_are_told_apart_in_figures():
-    assert len({v.color for v in VARIANTS}) == len(VARIANTS)
-    assert len({v.marker for v in VARIANTS}) == len(VARIANTS)
-    assert len({v.label for v in VARIANTS}) == len(VARIANTS)
-
-
-def test_lookups():
-    assert BASELINE.kind == "pool"
-    assert of_run("align-torchvision") is variant("align") and of_run("nonesuch") is None
-    assert find(kind="align", pool_mode="avg", aligned=False).name == "align_legacy"
-    with pytest.raises(ValueError, match="unknown RoI variant 'nonesuch'; known: pool, warp"):
-        variant("nonesuch")
-    with pytest.raises(ValueError, match="2 RoI variants have"):
-        find(kind="warp")
+def test_an_unknown_name_gets_a_default_style_and_sorts_after_the_known_ones():
+    mine = style("my_extractor")
+    assert mine.label == "my_extractor" and mine.paper_row is None and not mine.unaligned
+    assert mine == style("my_extractor"), "the same name always draws the same"
+    assert mine.color not in {s.color for s in STYLES.values()}
+    order = sorted(["zzz_mine", "align", "aaa_mine", "pool", "prroi"], key=rank)
+    assert order == ["pool", "align", "prroi", "aaa_mine", "zzz_mine"]

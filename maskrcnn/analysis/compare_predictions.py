@@ -23,7 +23,6 @@ from maskrcnn.analysis.trained_run import load_run
 from maskrcnn.checkpoints import CheckpointError
 from maskrcnn.data.coco import CocoInstances, DatasetNotFoundError
 from maskrcnn.detector import MaskRCNN
-from maskrcnn.resolvers import roi_id
 from maskrcnn.viz import draw_prediction, draw_truth
 
 DEFAULT_IMAGE_IDS = (1, 2, 3, 4)  # the first images of the shapes val split (ids 1..num_val), fixed up front
@@ -101,7 +100,7 @@ def compare(run_dirs: list[Path], image_ids: list[int], score_thresh: float, out
     samples, class_names = val_images([(d, cfg) for d, (_, cfg) in zip(run_dirs, loaded, strict=True)], image_ids)
     rows = panels([model for model, _ in loaded], samples, class_names, score_thresh)
     titles = ["ground truth"] + [
-        f"{roi_id(cfg.roi.name, cfg.roi.get('impl', 'ours'))}: {d.name} (score ≥ {score_thresh:g})"
+        f"{cfg.roi.name}: {d.name} (score ≥ {score_thresh:g})"
         for d, (_, cfg) in zip(run_dirs, loaded, strict=True)
     ]
     return save_figure(rows, titles, [f"image {i}" for i in image_ids], out)

@@ -6,14 +6,14 @@ import re
 import textwrap
 from pathlib import Path
 
-from roi_heads.variants import BASELINE, of_run
+from maskrcnn.analysis.variants import BASELINE, style
 
 BARS = [("segm/AP", "mask AP"), ("segm/AP50", "mask AP50"), ("segm/AP75", "mask AP75"), ("bbox/AP", "box AP")]
 
 
 def _style(roi: str) -> tuple[str, str]:
-    v = of_run(roi)
-    return (v.color, v.marker) if v is not None else ("gray", "o")
+    s = style(roi)
+    return s.color, s.marker
 
 
 def _nan(std: float | None) -> float:
@@ -55,7 +55,7 @@ def bar_chart(summary: list[dict], path: Path) -> None:
         bottom.axhline(0, color="black", lw=0.8)
         bottom.set_xlim(-0.5, len(rows) - 0.5)
         bottom.set_xticks(range(len(rows)), [row["roi"] for row in rows], fontsize=8)
-        bottom.set_ylabel(f"paired Δ mask AP vs {BASELINE.name}\n(points, 95% CI)")
+        bottom.set_ylabel(f"paired Δ mask AP vs {BASELINE}\n(points, 95% CI)")
         bottom.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from maskrcnn.analysis.gap_chart import bar_chart, to_tensorboard
 from maskrcnn.analysis.gap_runs import METRICS, ReportError, load_runs
 from maskrcnn.analysis.gap_stats import mean_std, paired_difference
 from maskrcnn.analysis.paper_table2 import TABLES, TEXT_GAINS
-from roi_heads.variants import BASELINE, VARIANTS, of_run
+from maskrcnn.analysis.variants import BASELINE, STYLES, rank, style
 
 COLUMNS = [("segm/AP", "mask AP"), ("segm/AP50", "AP50"), ("segm/AP75", "AP75"), ("bbox/AP", "box AP")]
 RATIOS = ("segm/AP50", "segm/AP75")  # RoIAlign's gain is a localisation gain: it grows from AP50 to AP75
@@ -33,7 +33,7 @@ PAPER = "He et al., Mask R-CNN, arXiv 1703.06870 v3, ResNet-50 on COCO minival"
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """[{"setting", "arch", "rows": [row, ...]}] in the runs' setting order, rows in roi_heads.variants order.
+    """[{"setting", "arch", "rows": [row, ...]}] in the runs' setting order, rows in analysis.variants order.
 
     A row: roi, n, seeds, mean and std {metric: AP points}, and against the baseline (RoIPool) of its setting:
     delta {column: difference of means}, paired {column: gap_stats.paired_difference}, ratio {AP50, AP75};
@@ -46,8 +46,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         arch[run["setting"]] = run["arch"]
     summary = []
     for setting, by_roi in grouped.items():
-        rows = {roi: _row(roi, group) for roi, group in sorted(by_roi.items(), key=lambda kv: _rank(kv[0]))}
-        base = rows.get(BASELINE.name)
+        rows = {roi: _row(roi, group) for roi, group in sorted(by_roi.items(), key=lambda kv: rank(kv[0]))}
+        base = rows.get(BASELINE)
         for row in rows.values():
             _compare(row, base, by_roi)
             _add_paper(row, arch[setting])
@@ -55,15 +55,13 @@ def summarize(runs: list[dict]) -> list[dict]:
     return summary
 
 
-def _rank(roi: str) -> tuple[int, str]:
-    v = of_run(roi)
-    return (VARIANTS.index(v) if v is not None else len(VARIANTS), roi)
-
-
 def _row(roi: str, group: list[dict]) -> dict:
     row: dict = {"roi": roi, "n": len(group), "seeds": sorted(r["seed"] for r in group), "mean": {}, "std": {}}
     for key in METRICS:
         row["mean"][key], row["std"][key] = mean_std([100 * r["metrics"][key] for r in group])
+    row["final_mask_ap"] = mean_std([100 * r.get("final_metrics", r["metrics"])["segm/AP"] for r in group])
+    verdicts = [r["convergence"]["met"] for r in group if r.get("convergence")]
+    row["converged"] = [sum(verdicts), len(verdicts)] if verdicts else None
     return row
 
 
@@ -72,10 +70,10 @@ def _compare(row: dict, base: dict | None, by_roi: dict[str, list[dict]]) -> Non
     if base is None or row is base:
         return
     row["delta"] = {k: row["mean"][k] - base["mean"][k] for k, _ in COLUMNS}
-    by_seed = {roi: {r["seed"]: r["metrics"] for r in by_roi[roi]} for roi in (row["roi"], BASELINE.name)}
+    by_seed = {roi: {r["seed"]: r["metrics"] for r in by_roi[roi]} for roi in (row["roi"], BASELINE)}
     row["paired"] = {
         k: paired_difference({s: 100 * m[k] for s, m in by_seed[row["roi"]].items()},
-                             {s: 100 * m[k] for s, m in by_seed[BASELINE.name].items()})
+                             {s: 100 * m[k] for s, m in by_seed[BASELINE].items()})
         for k, _ in COLUMNS
     }
     row["ratio"] = {k: row["mean"][k] / base["mean"][k] if base["mean"][k] > 0 else None for k in RATIOS}
@@ -83,46 +81,55 @@ def _compare(row: dict, base: dict | None, by_roi: dict[str, list[dict]]) -> Non
 
 def _add_paper(row: dict, arch: str) -> None:
     row["paper"] = row["paper_delta"] = row["paper_ratio"] = row["paper_source"] = None
-    v = of_run(row["roi"])
-    if v is None or v.paper_row is None:
+    paper_row, base_row = style(row["roi"]).paper_row, STYLES[BASELINE].paper_row
+    if paper_row is None:
         return
     if arch in TABLES:
         table, cells = TABLES[arch]
-        if v.paper_row not in cells:
+        if paper_row not in cells:
             return
-        row["paper"], base = cells[v.paper_row], cells[BASELINE.paper_row]
-        row["paper_source"] = f"{table}, {v.paper_row}"
-        if v is not BASELINE:
+        row["paper"], base = cells[paper_row], cells[base_row]
+        row["paper_source"] = f"{table}, {paper_row}"
+        if row["roi"] != BASELINE:
             row["paper_delta"] = {k: row["paper"][k] - base[k] for k in row["paper"] if k in base}
             row["paper_ratio"] = {k: row["paper"][k] / base[k] for k in RATIOS}
-    elif arch in TEXT_GAINS and v.paper_row in TEXT_GAINS[arch][1]:
+    elif arch in TEXT_GAINS and paper_row in TEXT_GAINS[arch][1]:
         source, gains = TEXT_GAINS[arch]
-        row["paper_delta"], row["paper_source"] = gains[v.paper_row], f"{source}: {v.paper_row} − {BASELINE.paper_row}"
+        row["paper_delta"], row["paper_source"] = gains[paper_row], f"{source}: {paper_row} − {base_row}"
 
 
-def markdown(summary: list[dict], command: str) -> str:
+def markdown(summary: list[dict], command: str, runs: list[dict] | None = None) -> str:
     n_runs = sum(row["n"] for s in summary for row in s["rows"])
+    tails = any("mean of the last" in s["setting"] for s in summary)
+    judged = any(row["converged"] for s in summary for row in s["rows"])
+    extra = (["final mask AP"] if tails else []) + (["converged"] if judged else [])
     lines = [
         "# The RoI feature extractor gap (Mask R-CNN Table 2c/2d)",
         "",
         f"{n_runs} runs, produced by `{command}`. COCO AP points (x100). Cells: mean ± std over seeds (one seed: "
         f"the value alone), and in parentheses the paper's number for the same cell ({PAPER}: Table 2c for C4, "
         "2d for C5; with FPN only its text's approximate gain over RoIPool). Our data and schedules are not the "
-        f"paper's: compare signs and shapes, not sizes. Δ: difference of the means against `{BASELINE.name}`. "
-        f"Paired Δ: mean over the seeds run with both of (variant − {BASELINE.name}), with the 95% t interval of "
-        f"those paired differences (n/a below 2 pairs). ÷ {BASELINE.name}: the variant's mean over {BASELINE.label}'s.",
+        f"paper's: compare signs and shapes, not sizes. Δ: difference of the means against `{BASELINE}`. "
+        f"Paired Δ: mean over the seeds run with both of (variant − {BASELINE}), with the 95% t interval of "
+        f"those paired differences (n/a below 2 pairs). ÷ {BASELINE}: the variant's mean over "
+        f"{style(BASELINE).label}'s."
+        + (" Where a setting says 'mean of the last N validations', every number of its runs is that mean; "
+           "final mask AP is the last validation's." if tails else "")
+        + (" converged: the runs that meet their setting's convergence rule (from training signals alone; see "
+           "its config), of those judged; a run that fails it is reported, not dropped." if judged else ""),
         "",
         "| setting | RoI op | " + " | ".join(name for _, name in COLUMNS)
         + " | seeds | Δ mask AP | paired Δ mask AP [95% CI] | paired Δ box AP [95% CI] | "
-        + " | ".join(f"{name} ÷ {BASELINE.name}" for name in ("AP50", "AP75")) + " |",
-        "|---|---|" + "---:|" * (len(COLUMNS) + 6),
+        + " | ".join(f"{name} ÷ {BASELINE}" for name in ("AP50", "AP75"))
+        + "".join(f" | {name}" for name in extra) + " |",
+        "|---|---|" + "---:|" * (len(COLUMNS) + 6 + len(extra)),
     ]
-    footnote = False
+    unaligned = []
     for s in summary:
         for i, row in enumerate(s["rows"]):
-            v = of_run(row["roi"])
-            mark = v is not None and v.kind == "align" and not v.aligned
-            footnote |= mark
+            mark = style(row["roi"]).unaligned
+            if mark and row["roi"] not in unaligned:
+                unaligned.append(row["roi"])
             paper = row["paper"] or {}
             cells = [_mean_cell(row, k) + _paren(paper.get(k), "{:.1f}") for k, _ in COLUMNS]
             delta = "—" if row["delta"] is None else f"{row['delta']['segm/AP']:+.1f}"
@@ -130,14 +137,34 @@ def markdown(summary: list[dict], command: str) -> str:
                 approx = "≈" if row["paper"] is None else ""
                 delta += f" ({approx}{row['paper_delta']['segm/AP']:+.1f})"
             ratios = ["—" if row["ratio"] is None else _ratio_cell(row, k) for k in RATIOS]
+            if tails:
+                mean, std = row["final_mask_ap"]
+                ratios.append(f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}")
+            if judged:
+                ratios.append("—" if row["converged"] is None else f"{row['converged'][0]}/{row['converged'][1]}")
             lines.append(
                 f"| {s['setting'] if i == 0 else ''} | {row['roi']}{'†' if mark else ''} | {' | '.join(cells)} "
                 f"| {row['n']} | {delta} | {_paired_cell(row, 'segm/AP')} | {_paired_cell(row, 'bbox/AP')} "
                 f"| {' | '.join(ratios)} |"
             )
-    if footnote:
-        lines += ["", _legacy_footnote()]
+    if unaligned:
+        lines += ["", _legacy_footnote(unaligned)]
+    if runs is not None:
+        lines += ["", commits_line(runs)]
     return "\n".join(lines) + "\n"
+
+
+def commits_line(runs: list[dict]) -> str:
+    """Which code trained the runs: each recorded commit with its run count (and how many had local changes)."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for run in runs:
+        counts[run.get("git_commit") or ""][0] += 1
+        counts[run.get("git_commit") or ""][1] += bool(run.get("git_dirty"))
+    parts = []
+    for commit, (n, dirty) in sorted(counts.items(), key=lambda kv: (kv[0] == "", -kv[1][0])):
+        name = f"`{commit[:12]}`" if commit else "not recorded (runs from before commits were recorded)"
+        parts.append(f"{name}: {n} run{'s' if n > 1 else ''}" + (f", {dirty} with local changes" if dirty else ""))
+    return "Trained by the code at: " + "; ".join(parts) + "."
 
 
 def _mean_cell(row: dict, key: str) -> str:
@@ -167,9 +194,8 @@ def _paired_cell(row: dict, key: str) -> str:
     return f"{p['mean']:+.1f} [{p['ci'][0]:+.1f}, {p['ci'][1]:+.1f}] ({pairs})"
 
 
-def _legacy_footnote() -> str:
-    legacy = [v.name for v in VARIANTS if v.kind == "align" and not v.aligned]
-    aligned = [v.name for v in VARIANTS if v.kind == "align" and v.aligned]
+def _legacy_footnote(legacy: list[str]) -> str:
+    aligned = [name for name, s in STYLES.items() if s.paper_row and s.paper_row.startswith("RoIAlign")]
     return (f"† The paper has no row for `{'`, `'.join(legacy)}` (RoIAlign with aligned=False). Our "
             f"`{'`, `'.join(aligned)}` use aligned=True, the half-pixel correction introduced after the paper "
             "(Detectron2, torchvision's `aligned` flag); the paper's RoIAlign predates it, so "
@@ -191,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python -m maskrcnn.analysis.gap_report", *(argv if argv is not None else sys.argv[1:])])
-    table = markdown(summary, command)
+    table = markdown(summary, command, runs)
     (args.out / "roi_gap.md").write_text(table)
     (args.out / "roi_gap.json").write_text(json.dumps(runs, indent=1) + "\n")
-    stats = {"units": "COCO AP points (x100)", "baseline": BASELINE.name, "interval": "95% t, paired by seed",
+    stats = {"units": "COCO AP points (x100)", "baseline": BASELINE, "interval": "95% t, paired by seed",
              "paper": PAPER, "settings": summary}
     (args.out / "roi_gap_summary.json").write_text(json.dumps(stats, indent=1) + "\n")
     bar_chart(summary, args.out / "roi_gap.png")

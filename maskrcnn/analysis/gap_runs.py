@@ -34,13 +34,16 @@ class Setting:
     lr: float
     lr_steps: tuple[float, ...]
     gamma: float
+    tail: int = 1  # the metric is the mean of the last `tail` validations (train.report_tail)
 
     @property
     def label(self) -> str:
-        """E.g. 'C4 · r18_c4 · shapes · 600 steps × 4 images, lr 0.02 (×0.1 at 450)'; distinct settings differ."""
+        """E.g. 'C4 · r18_c4 · shapes · 600 steps × 4 images, lr 0.02 (×0.1 at 450)', with ', mean of the last 3
+        validations' where that is the metric; distinct settings differ."""
         decay = f" (×{self.gamma:g} at {', '.join(f'{s:g}' for s in self.lr_steps)})" if self.lr_steps else ""
+        tail = f", mean of the last {self.tail} validations" if self.tail > 1 else ""
         return (f"{self.arch.upper()} · {self.model} · {self.data} · {self.steps} steps × {self.batch_size} images, "
-                f"lr {self.lr:g}{decay}")
+                f"lr {self.lr:g}{decay}{tail}")
 
     def sort_key(self) -> tuple:
         rank = ARCH_ORDER.index(self.arch) if self.arch in ARCH_ORDER else len(ARCH_ORDER)
@@ -56,7 +59,8 @@ def run_config(run_dir: Path) -> tuple[dict[str, Any], Path]:
                 cfg = yaml.safe_load(path.read_text())
             except yaml.YAMLError as e:
                 raise ReportError(f"{path}: not valid YAML ({e})") from e
-            cfg = cfg.get("cfg", cfg) if path == hparams else cfg  # Lightning stores our hyper-parameters as cfg
+            if path == hparams and isinstance(cfg, dict):  # our hyper-parameters: run_config (format 2) or cfg (1)
+                cfg = cfg.get("run_config") or cfg.get("cfg") or cfg
             if not isinstance(cfg, dict):
                 raise ReportError(f"{path}: not a run config (a mapping)")
             return cfg, path
@@ -89,13 +93,16 @@ def setting_of(metrics: dict, cfg: dict, cfg_path: Path) -> Setting:
         lr=float(_get(cfg, "optim.lr", cfg_path)),
         lr_steps=tuple(float(s) for s in _get(cfg, "optim.steps", cfg_path)),
         gamma=float(_get(cfg, "optim.gamma", cfg_path)),
+        tail=int(cfg.get("train", {}).get("report_tail", 1)),
     )
 
 
 def load_runs(dirs: list[Path]) -> list[dict]:
-    """One record per metrics.json below `dirs`: setting (label), arch, roi, seed, metrics, train_minutes, steps,
-    device, run_dir; sorted by setting, then file. Raises ReportError naming the file for a bad run, two runs
-    of one (setting, roi, seed), or runs of one setting whose model configs differ."""
+    """One record per metrics.json below `dirs`: setting (label), arch, roi, seed, metrics (what the table uses:
+    the tail mean where the setting has one), final_metrics (the last validation's), tail_steps, convergence
+    (the run's verdict, or None), git_commit / git_dirty (None for runs from before they were recorded),
+    train_minutes, steps, device, run_dir; sorted by setting, then file. Raises ReportError naming the file for a
+    bad run, two runs of one (setting, roi, seed), or runs of one setting whose model configs differ."""
     # resolve() + set: a run dir given next to its sweep dir counts once.
     files = sorted({f.resolve() for d in dirs for f in Path(d).rglob("metrics.json")})
     if not files:
@@ -119,12 +126,22 @@ def load_runs(dirs: list[Path]) -> list[dict]:
         _check_same_model(models.setdefault(setting.label, (cfg_path, cfg.get("model", {}))),
                           (cfg_path, cfg.get("model", {})))
         settings[setting.label] = setting
+        final = {k: data[k] for k in METRICS}
+        tail = data.get("tail") if setting.tail > 1 else None
+        if setting.tail > 1 and (not tail or tail["n"] != setting.tail):
+            raise ReportError(f"{path}: its setting reports the mean of the last {setting.tail} validations, but the "
+                              f"run recorded {tail['n'] if tail else 'no'} tail validations")
         runs.append({
             "setting": setting.label,
             "arch": setting.arch,
             "roi": data["roi"],
             "seed": data["seed"],
-            "metrics": {k: data[k] for k in METRICS},
+            "metrics": {k: tail["metrics"][k] for k in METRICS} if tail else final,
+            "final_metrics": final,
+            "tail_steps": tail["steps"] if tail else [data["steps"]],
+            "convergence": data.get("convergence"),
+            "git_commit": data.get("git_commit"),
+            "git_dirty": data.get("git_dirty"),
             "train_minutes": data.get("train_minutes"),
             "steps": data["steps"],
             "device": data.get("device"),

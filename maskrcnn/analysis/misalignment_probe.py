@@ -30,14 +30,15 @@ import argparse
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from torch import Tensor
 
-from roi_heads import RoIOp
-from roi_heads.variants import BASELINE, BY_NAME, VARIANTS, Variant
+from maskrcnn.analysis.variants import BASELINE, rank, style
+from maskrcnn.roi_config import builtin_variants, constructor_config
 
 STRIDES = (4, 8, 16, 32)
 
@@ -74,12 +75,25 @@ def true_bin_centres(rois: Tensor, output_size: int) -> tuple[Tensor, Tensor]:
     return cx[:, None, :], cy[:, :, None]
 
 
-def bin_errors(variant: Variant, stride: int, rois: Tensor, image_size: int, output_size: int = 7) -> Tensor:
-    """Per-bin error in px, [R, ph, pw], of the variant's op (roi_heads.RoIOp, as the model runs it) at `stride`
-    for rois [R, 5] (image px)."""
+def probe_variants(sampling_ratio: int | None = None) -> dict[str, dict[str, Any]]:
+    """{name: roi config} of the built-in variants of our op (configs/roi, `_target_: roi_heads.RoIOp`), in the
+    reports' order. sampling_ratio, when given, replaces the warp and align variants' own."""
+    variants = {}
+    for name, roi in sorted(builtin_variants().items(), key=lambda kv: rank(kv[0])):
+        if roi["_target_"] == "roi_heads.RoIOp":
+            variants[name] = dict(roi)
+            if sampling_ratio is not None and roi["kind"] != "pool":
+                variants[name]["sampling_ratio"] = sampling_ratio
+    return variants
+
+
+def bin_errors(roi: dict[str, Any], stride: int, rois: Tensor, image_size: int, output_size: int = 7) -> Tensor:
+    """Per-bin error in px, [R, ph, pw], of the op of the `roi` config (as the model runs it) at `stride` for
+    rois [R, 5] (image px)."""
     feature = coordinate_features(image_size, stride)
-    out = RoIOp(**variant.op_args())(feature, rois.float(), output_size, 1.0 / stride).double()
-    if variant.pool_mode == "max":
+    op = instantiate(constructor_config(roi)[0])
+    out = op(feature, rois.float(), output_size, 1.0 / stride).double()
+    if roi["pool_mode"] == "max":
         x, y = (out[:, 0] - out[:, 1]) / 2, (out[:, 2] - out[:, 3]) / 2
     else:
         x, y = out[:, 0], out[:, 2]
@@ -87,17 +101,17 @@ def bin_errors(variant: Variant, stride: int, rois: Tensor, image_size: int, out
     return torch.hypot(x - cx, y - cy)
 
 
-def probe(num_rois: int, variants: tuple[Variant, ...] = VARIANTS, strides: tuple[int, ...] = STRIDES,
+def probe(num_rois: int, variants: dict[str, dict[str, Any]] | None = None, strides: tuple[int, ...] = STRIDES,
           output_size: int = 7, image_size: int = 1024, seed: int = 0) -> dict[str, dict[int, dict[str, float]]]:
     """{variant name: {stride: {"mean", "std", "max", "mean_over_stride"}}} over all bins of `num_rois` random
-    RoIs."""
+    RoIs, for variants {name: roi config} (default: probe_variants())."""
     rois = random_rois(num_rois, image_size, margin=2.0 * max(strides), seed=seed)
     table: dict[str, dict[int, dict[str, float]]] = {}
-    for variant in variants:
-        table[variant.name] = {}
+    for name, roi in (probe_variants() if variants is None else variants).items():
+        table[name] = {}
         for stride in strides:
-            err = bin_errors(variant, stride, rois, image_size, output_size).flatten()
-            table[variant.name][stride] = {
+            err = bin_errors(roi, stride, rois, image_size, output_size).flatten()
+            table[name][stride] = {
                 "mean": err.mean().item(),
                 "std": err.std().item() if err.numel() > 1 else 0.0,
                 "max": err.max().item(),
@@ -125,10 +139,10 @@ def markdown(table: dict[str, dict[int, dict[str, float]]], args: argparse.Names
         lines.append(f"| {name} | " + " | ".join(f"{row[s]['mean']:.2f} ± {row[s]['std']:.2f}" for s in strides)
                      + " |")
     notes = []
-    if BASELINE.name in table:
-        ratios = [table[BASELINE.name][s]["mean_over_stride"] for s in strides]
-        notes.append(f"- {BASELINE.label}'s error is {min(ratios):.2f}-{max(ratios):.2f} strides at every stride: "
-                     "it grows with the feature cell (rounding, plus the +1 cell of its size).")
+    if BASELINE in table:
+        ratios = [table[BASELINE][s]["mean_over_stride"] for s in strides]
+        notes.append(f"- {style(BASELINE).label}'s error is {min(ratios):.2f}-{max(ratios):.2f} strides at every "
+                     "stride: it grows with the feature cell (rounding, plus the +1 cell of its size).")
     # float32 rounding of coordinates up to 1024 px is ~1e-4 px; a quantizing op is off by whole pixels.
     exact = {name: max(row[s]["max"] for s in strides) for name, row in table.items()}
     exact = {name: worst for name, worst in exact.items() if worst < 1e-3}
@@ -146,7 +160,7 @@ def plot(table: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
     for k, (name, row) in enumerate(table.items()):
-        v = BY_NAME[name]
+        v = style(name)
         strides = list(row)
         # Dodge each op sideways (log axis) so coinciding curves (e.g. the avg and max forms of one op) stay visible.
         xs = [s * 2 ** (0.04 * (k - (len(table) - 1) / 2)) for s in strides]
@@ -177,15 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     start = time.monotonic()
-    variants = VARIANTS
-    if args.sampling_ratio is not None:
-        variants = tuple(v if v.kind == "pool" else replace(v, sampling_ratio=args.sampling_ratio) for v in variants)
+    variants = probe_variants(args.sampling_ratio)
     table = probe(args.num_rois, variants, STRIDES, args.output_size, seed=args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(table, args)
     (args.out_dir / "misalignment.md").write_text(text)
     record = {"num_rois": args.num_rois, "output_size": args.output_size,
-              "sampling_ratio": {v.name: v.sampling_ratio for v in variants},
+              "sampling_ratio": {name: roi["sampling_ratio"] for name, roi in variants.items()},
               "seed": args.seed, "units": "input pixels", "errors": table}
     (args.out_dir / "misalignment.json").write_text(json.dumps(record, indent=2) + "\n")
     plot(table, args.out_dir / "figures" / "misalignment.png")

@@ -28,8 +28,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
+from maskrcnn.analysis.variants import style  # noqa: E402
 from ops.reference import quantize_roi  # noqa: E402
-from roi_heads.variants import Variant, find  # noqa: E402
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image px
 ROI_COLOR, GRID_COLOR = "#222222", "#b0b0b0"
@@ -162,10 +162,9 @@ def _pool_bars(ax: Axes, geo: PoolGeometry, stride: int, color: str) -> None:
     ax.scatter([c[0] for c in cells], [c[1] for c in cells], s=16, color=color, zorder=4)
 
 
-def panel_variants(aligned: bool) -> dict[str, Variant]:
+def panel_variants(aligned: bool) -> dict[str, str]:
     """{op kind: the variant whose colour its panel takes}; a panel draws the same for the avg and max forms."""
-    return {"pool": find(kind="pool"), "warp": find(kind="warp", pool_mode="max"),
-            "align": find(kind="align", pool_mode="avg", aligned=aligned)}
+    return {"pool": "pool", "warp": "warp", "align": "align" if aligned else "align_legacy"}
 
 
 def draw(roi: Box, stride: int, output_size: int, sampling_ratio: int, out: Path, aligned: bool = True) -> Path:
@@ -179,7 +178,7 @@ def draw(roi: Box, stride: int, output_size: int, sampling_ratio: int, out: Path
     view = (max(math.floor(lo_x / stride) - 1, 0) * stride, max(math.floor(lo_y / stride) - 1, 0) * stride,
             (math.ceil(hi_x / stride) + 1) * stride, (math.ceil(hi_y / stride) + 1) * stride)
 
-    colors = {kind: v.color for kind, v in panel_variants(aligned).items()}
+    colors = {kind: style(name).color for kind, name in panel_variants(aligned).items()}
     fig, axes = plt.subplots(1, 3, figsize=(16, 6.2), dpi=140, sharex=True, sharey=True)
     titles = {
         "pool": "RoIPool: rounded box, unequal floor/ceil bins,\nmax over whole cells",

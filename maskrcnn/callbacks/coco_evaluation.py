@@ -18,7 +18,9 @@ class CocoEvaluation(pl.Callback):
     both from the same COCOeval run. The evaluator, holding the ground truth, is built once, on rank 0, from
     the datamodule's val annotations. After a validation: `metrics` (flat bbox/AP ... segm/APl keys, on every
     rank), `metrics_step` (the global step they belong to) and, on rank 0, `results` (the COCO results of
-    every val image, by "bbox" / "segm") and `per_class` (CocoScores.per_class).
+    every val image, by "bbox" / "segm") and `per_class` (CocoScores.per_class). `history` holds every
+    validation of the run, [{"step", **metrics}] in step order; it is checkpointed, so a resumed run keeps the
+    validations made before it was stopped.
     """
 
     def __init__(self, backend: str = "pycocotools") -> None:
@@ -28,7 +30,14 @@ class CocoEvaluation(pl.Callback):
         self.metrics_step = -1
         self.results: dict[str, list[dict]] = {}
         self.per_class: dict[str, list[dict[str, Any]]] = {}
+        self.history: list[dict[str, Any]] = []
         self._predictions: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.evaluator is None and trainer.is_global_zero:
@@ -57,6 +66,8 @@ class CocoEvaluation(pl.Callback):
             _log_details(trainer, scores)
         self.metrics = trainer.strategy.broadcast(metrics, src=0)
         self.metrics_step = trainer.global_step
+        self.history = [h for h in self.history if h["step"] != self.metrics_step]  # a repeat replaces its step's
+        self.history.append({"step": self.metrics_step, **self.metrics})
         pl_module.log_dict({f"val/{k.replace('/', '_')}": v for k, v in self.metrics.items()}, sync_dist=False)
         self._predictions = []
 

@@ -1,13 +1,16 @@
-"""Build and load the ``roi_ops`` C++/CUDA extension.
+"""Build and load the ``roi_ops`` C++/CUDA extension: the JIT build, and the flags the wheel build shares.
 
-    python -m ops.build          # build and load the extension (CPU; CPU + CUDA when a GPU is visible)
+    python -m ops.build          # build (if needed) and load the extension; says which library it loaded
     python -m ops.build --cuda   # compile + link the CUDA sources too (no GPU needed); does not load
 
-``import ops`` calls :func:`load`, which JIT-compiles the extension with ``torch.utils.cpp_extension`` on first
-use and caches it in ``<repo>/.build/``; ``MAX_JOBS`` sets the ninja parallelism. The CUDA sources
-(``ops/csrc/cuda/*.cu``) are included only when a GPU is visible. ``--cuda`` exits non-zero when they do not
-compile. :func:`load_emulation` builds and loads the CPU emulation of the CUDA kernels (a separate library,
-for tests).
+The first use of an op (:func:`ops.load`) loads the library. An installed copy (a wheel, ``pip install .``)
+loads the one that ``setup.py`` compiled at install time (:mod:`ops._library`). A source checkout, or an
+install that has no usable prebuilt library, calls :func:`load` here, which JIT-compiles the extension with
+``torch.utils.cpp_extension`` and caches it in :func:`build_root`: ``<repo>/.build/`` in a checkout, else
+``TORCH_EXTENSIONS_DIR``, else ``~/.cache/roi_gap/torch-<version>/`` (``ROI_OPS_BUILD_DIR`` overrides all);
+it says on stderr where it builds. ``MAX_JOBS`` sets the ninja parallelism. The CUDA sources (``ops/csrc/cuda/*.cu``) are
+included only when a GPU is visible. ``--cuda`` exits non-zero when they do not compile.
+:func:`load_emulation` builds and loads the CPU emulation of the CUDA kernels (a separate library, for tests).
 
 Nothing machine-specific is written here:
 
@@ -26,6 +29,9 @@ Nothing machine-specific is written here:
   neither side fuses a multiply and an add into one rounding: both round every product and sum alike, and the
   max modes pick the same samples on the CPU and the GPU (the tests require that bitwise). ``ROI_OPS_FMAD=1``
   lets nvcc fuse them again (its own build directory), to measure what that costs.
+
+``setup.py`` compiles with the same flags (:func:`cpu_flags`, :func:`cuda_flags`, :func:`include_dirs`), so an
+installed library computes what the JIT one does.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ import torch
 
 OPS = Path(__file__).resolve().parents[1]
 CSRC = OPS / "csrc"
-BUILD_ROOT = OPS.parent / ".build"
+CHECKOUT = OPS.parent  # the repository root, in a source checkout
+CHECKOUT_BUILD_ROOT = CHECKOUT / ".build"
 CHECK_ARCHS = "8.0;9.0+PTX"
 CPU_FLAGS = ["-O3", "-fopenmp", "-DAT_PARALLEL_OPENMP=1", "-ffp-contract=off"]  # OpenMP as at::parallel_for uses it
 # ATen's flags for its own kernels of each capability (CPU_CAPABILITY names at::vec's inline namespace).
@@ -64,16 +71,54 @@ def cpu_capability() -> str:
     return capability if capability in CAPABILITY_FLAGS else "DEFAULT"
 
 
-def _cpu_flags(capability: str) -> list[str]:
+def cpu_flags(capability: str) -> list[str]:
+    """The C++ flags of the CPU library for ``capability`` (a key of :data:`CAPABILITY_FLAGS`)."""
     return CPU_FLAGS + CAPABILITY_FLAGS[capability] + [f"-DCPU_CAPABILITY={capability}"]
 
 
-def _fmad() -> bool:
+def fmad() -> bool:
     return os.environ.get("ROI_OPS_FMAD") == "1"
 
 
-def _cuda_flags() -> list[str]:
-    return ["-O3", "-lineinfo", f"-fmad={str(_fmad()).lower()}"]
+def cuda_flags() -> list[str]:
+    """nvcc's flags for the CUDA sources (torch adds its own and the architectures)."""
+    return ["-O3", "-lineinfo", f"-fmad={str(fmad()).lower()}"]
+
+
+def include_dirs(with_cuda: bool) -> list[str]:
+    return [str(CSRC)] + (_nvidia_include_dirs() if with_cuda else [])
+
+
+def is_checkout() -> bool:
+    """True in a source checkout (the repository's setup.py beside the ops package), False in an installed copy."""
+    return (CHECKOUT / "setup.py").is_file() and (CHECKOUT / "pyproject.toml").is_file()
+
+
+def _writable(path: Path) -> bool:
+    """Whether a build could write ``path`` (or create it in its nearest existing parent)."""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+def build_root() -> tuple[Path, str]:
+    """Where JIT builds go, and why there: ``(folder, reason)``.
+
+    ``ROI_OPS_BUILD_DIR`` when set; else ``<repo>/.build`` in a source checkout where it can be written; else
+    ``TORCH_EXTENSIONS_DIR`` when set; else ``$XDG_CACHE_HOME/roi_gap/torch-<version>`` (``~/.cache`` by
+    default). An installed copy never writes into its own package folder.
+    """
+    if os.environ.get("ROI_OPS_BUILD_DIR"):
+        return Path(os.environ["ROI_OPS_BUILD_DIR"]).expanduser(), "ROI_OPS_BUILD_DIR"
+    if is_checkout() and _writable(CHECKOUT_BUILD_ROOT):
+        return CHECKOUT_BUILD_ROOT, "the source checkout's build folder"
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"]).expanduser(), "TORCH_EXTENSIONS_DIR"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    # one folder per torch: two environments that share the cache never overwrite each other's library
+    return cache / "roi_gap" / f"torch-{torch.__version__}", "the user cache; TORCH_EXTENSIONS_DIR is not set"
 
 
 def _cuda_sources() -> list[str]:
@@ -134,16 +179,17 @@ def _arch_list(default: str | None):
         del os.environ["TORCH_CUDA_ARCH_LIST"]
 
 
-def _build_args(name: str, sources: list[str], with_cuda: bool, cflags: list[str] = CPU_FLAGS) -> dict:
-    build_dir = BUILD_ROOT / name
+def _build_args(
+    name: str, sources: list[str], with_cuda: bool, cflags: list[str], build_dir: Path
+) -> dict:
     build_dir.mkdir(parents=True, exist_ok=True)
     return dict(
         name=name,
         sources=sources,
         extra_cflags=cflags,
-        extra_cuda_cflags=_cuda_flags() if with_cuda else None,
+        extra_cuda_cflags=cuda_flags() if with_cuda else None,
         extra_ldflags=["-fopenmp"],
-        extra_include_paths=[str(CSRC)] + (_nvidia_include_dirs() if with_cuda else []),
+        extra_include_paths=include_dirs(with_cuda),
         build_directory=str(build_dir),
         with_cuda=with_cuda,
     )
@@ -153,33 +199,45 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool, cflags: list[str] = CPU_FLAGS) -> None:
-    """Compile (if needed) and load one library into this process; once per process."""
-    build_dir = BUILD_ROOT / name
-    if any(Path(p).parent == build_dir for p in torch.ops.loaded_libraries):
-        return
+def _load_library(name: str, sources: list[str], with_cuda: bool, verbose: bool, cflags: list[str] = CPU_FLAGS) -> str:
+    """Compile (if needed) and load one library into this process; once per process. -> the library's path."""
+    for path in torch.ops.loaded_libraries:
+        if Path(path).parent.name == name and Path(path).name.startswith(name):
+            return path
+    root, why = build_root()
+    build_dir = root / name
     if not any(build_dir.glob(f"{name}*.so")):
-        _say(f"building {name} (first use; ~1 min per translation unit)…")
+        _say(f"building {name} in {build_dir} ({why}); first use, ~1 min per translation unit…")
     t0 = time.time()
-    _cpp_extension().load(**_build_args(name, sources, with_cuda, cflags), is_python_module=False, verbose=verbose)
+    _cpp_extension().load(
+        **_build_args(name, sources, with_cuda, cflags, build_dir), is_python_module=False, verbose=verbose
+    )
     if time.time() - t0 > 2.0:  # a real compile happened (a cached load takes well under a second)
         _say(f"building {name}… done in {time.time() - t0:.0f} s")
+    return str(next(build_dir.glob(f"{name}*.so")))
 
 
-def load(verbose: bool = False) -> None:
-    """Compile (if needed) and load the extension into this process; registers ``torch.ops.roi_ops``."""
+def jit_library_name(use_cuda: bool, capability: str) -> str:
+    kind = ("roi_ops_cuda_fmad" if fmad() else "roi_ops_cuda") if use_cuda else "roi_ops_cpu"
+    return f"{kind}_{capability.lower()}"
+
+
+def load(verbose: bool = False) -> str:
+    """Compile (if needed) and load the extension into this process; registers ``torch.ops.roi_ops``.
+
+    The JIT build, whatever the install: :func:`ops.load` is the loader that prefers an installed copy's
+    prebuilt library. -> the library's path.
+    """
     use_cuda = torch.cuda.is_available() and bool(_cuda_sources())
     capability = cpu_capability()
-    kind = ("roi_ops_cuda_fmad" if _fmad() else "roi_ops_cuda") if use_cuda else "roi_ops_cpu"
-    name = f"{kind}_{capability.lower()}"
     sources = [str(CSRC / "roi_ops.cpp")] + (_cuda_sources() if use_cuda else [])
-    _load_library(name, sources, use_cuda, verbose, _cpu_flags(capability))
+    return _load_library(jit_library_name(use_cuda, capability), sources, use_cuda, verbose, cpu_flags(capability))
 
 
-def load_emulation(verbose: bool = False) -> None:
+def load_emulation(verbose: bool = False) -> str:
     """Compile (if needed) and load the CPU emulation of the CUDA kernels: ``torch.ops.roi_ops_emulated``, the
     schema pair on CPU tensors, running the CUDA path's driver and kernel bodies serially (for tests)."""
-    _load_library("roi_ops_emulated", [str(CSRC / "emulation" / "roi_ops_emulated.cpp")], False, verbose)
+    return _load_library("roi_ops_emulated", [str(CSRC / "emulation" / "roi_ops_emulated.cpp")], False, verbose)
 
 
 def build_cuda(verbose: bool = False) -> int:
@@ -190,14 +248,16 @@ def build_cuda(verbose: bool = False) -> int:
         return 1
     name = "roi_ops_cuda_check"
     cpp_extension = _cpp_extension()
+    build_dir = build_root()[0] / name
     with _arch_list(CHECK_ARCHS):
-        _say(f"building {name} (archs {os.environ['TORCH_CUDA_ARCH_LIST']}, CUDA_HOME={cpp_extension.CUDA_HOME})…")
+        _say(f"building {name} in {build_dir} (archs {os.environ['TORCH_CUDA_ARCH_LIST']}, "
+             f"CUDA_HOME={cpp_extension.CUDA_HOME})…")  # fmt: skip
         t0 = time.time()
         try:
             # Writes the ninja file and builds the library without loading it (there may be no GPU); private,
             # because the public API always loads.
             cpp_extension._write_ninja_file_and_build_library(
-                **_build_args(name, [str(CSRC / "roi_ops.cpp")] + cu, True, _cpu_flags(cpu_capability())),
+                **_build_args(name, [str(CSRC / "roi_ops.cpp")] + cu, True, cpu_flags(cpu_capability()), build_dir),
                 extra_sycl_cflags=None, with_sycl=False, verbose=verbose,
             )
         except Exception as exc:  # compile errors surface as RuntimeError / CalledProcessError
@@ -216,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cuda:
         return build_cuda(args.verbose)
+    from .. import _library  # the loader that prefers an installed copy's prebuilt library
+
     t0 = time.time()
-    load(args.verbose)  # `python -m ops.build` imported ops first, which loaded it: then a no-op
-    _say(f"roi_ops ready in {BUILD_ROOT} ({time.time() - t0:.0f} s)")
+    paths = _library.load(args.verbose)
+    _say(f"roi_ops ready: {', '.join(paths)} ({time.time() - t0:.0f} s)")
     return 0
