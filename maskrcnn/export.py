@@ -1,4 +1,4 @@
-"""Export a trained detector to ONNX: python -m maskrcnn.export ckpt_path=... [output=model.onnx]
+"""Export a trained detector to ONNX: python -m maskrcnn.export (installed: roi-gap-export) ckpt_path=... [output=...]
 
 The ONNX model (torch.onnx's TorchScript exporter, dynamo=False, opset 17 by default) runs the whole detector
 in inference mode on one image:
@@ -14,9 +14,9 @@ metadata_props hold roi_gap.classes (JSON [{"id", "name"}] of labels 1..K), roi_
 roi_gap.score_thresh, roi_gap.detections_per_img and roi_gap.checkpoint.
 
 RoI variants: align, align_legacy, align_adaptive and align_max export (ONNX RoiAlign, or our own max
-subgraph: onnxruntime's RoiAlign max mode differs from ours), pool exports as ONNX MaxRoiPool, warp and
-warp_avg are refused (no ONNX operator), a user's extractor exports through its own `onnx_export_op()`
-(roi_heads/export_ops.py).
+subgraph: onnxruntime's RoiAlign max mode differs from ours), pool exports as ONNX MaxRoiPool, the
+-torchvision variants as their ops do, warp and warp_avg are refused (no ONNX operator), a user's extractor
+exports through its own `onnx_export_op()` (roi_heads/export_ops.py).
 
 With check=true (the default) the file is run in onnxruntime on the export image and on one of another size,
 and the command fails unless the detections equal PyTorch's (maskrcnn/export_check.py).
@@ -31,18 +31,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 from maskrcnn.checkpoints import CheckpointError
-from maskrcnn.config import CONFIG_DIR
 from maskrcnn.data.coco import BadDataError
 from maskrcnn.data.image_file import read_image
 from maskrcnn.export_check import ExportCheckError, check_export
 from maskrcnn.export_model import OUTPUT_NAMES, ExportableMaskRCNN
+from maskrcnn.roi_config import RoIConfigError
 from maskrcnn.trained_model import load_detector
+from roi_heads import ExtractorError
 from roi_heads.export_ops import ExportRefusedError
 
 log = logging.getLogger("maskrcnn.export")  # not __name__, which is __main__ under python -m
@@ -191,14 +191,21 @@ def _require(name: str):
         ) from e
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
+    """The command (maskrcnn.cli.export): export(cfg), with a one-line error for what a user can fix."""
     try:
         export(cfg)
     except (ExportRefusedError, ExportSetupError, ExportCheckError, CheckpointError, BadDataError,
-            FileNotFoundError) as e:  # fmt: skip
+            FileNotFoundError, ExtractorError, RoIConfigError) as e:  # fmt: skip
         # The message says what is wrong and what to do; the stack inside the exporter adds nothing to act on.
         raise SystemExit(f"error: {e}") from None
+
+
+def main() -> None:
+    """python -m maskrcnn.export: the Hydra app over configs/export.yaml (maskrcnn.cli)."""
+    from maskrcnn.cli import export as command
+
+    command()
 
 
 if __name__ == "__main__":

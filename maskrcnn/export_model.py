@@ -28,7 +28,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from maskrcnn.detector import MaskRCNN
 from maskrcnn.export_paste import interpolation_source, paste_masks
-from roi_heads.export_ops import export_op
+from roi_heads.export_ops import export_op, export_pooler
 from roi_heads.extractor import RoIExtractor
 
 OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
@@ -38,19 +38,21 @@ class ExportableMaskRCNN(nn.Module):
     """image Float[3, H, W] in [0, 1] -> (boxes [D, 4] (x1, y1, x2, y2) in the image's pixels, labels Int64[D]
     (1..K), scores [D], masks [D, 1, H, W] probabilities): MaskRCNN's output for [image].
 
-    Built from a copy of `model` (in eval mode) whose RoI extractors' ops are replaced by their ONNX
-    stand-ins; `roi_name` (the `roi` config's name) is for the refusal messages. Raises
-    roi_heads.export_ops.ExportRefusedError for an op that has no export.
+    Built from a copy of `model` (in eval mode) whose RoI extractors are replaced by their ONNX stand-ins (our
+    RoIExtractor keeps its level mapping around its op's stand-in; a torchvision-style pooler is replaced whole);
+    `roi_name` (the `roi` config's name) is for the refusal messages. Raises
+    roi_heads.export_ops.ExportRefusedError for an extractor that has no export.
     """
 
     def __init__(self, model: MaskRCNN, roi_name: str | None = None) -> None:
         super().__init__()
         model = copy.deepcopy(model).eval()
-        extractors = [m for m in model.modules() if isinstance(m, RoIExtractor)]
-        if not extractors:
-            raise TypeError(f"{type(model).__qualname__} has no RoIExtractor to export")
-        for extractor in extractors:
-            extractor.op = export_op(extractor.op, roi_name)
+        for branch in ("box_extractor", "mask_extractor"):
+            extractor = getattr(model.roi_heads, branch)
+            if isinstance(extractor, RoIExtractor):
+                extractor.op = export_op(extractor.op, roi_name)
+            else:
+                setattr(model.roi_heads, branch, export_pooler(extractor, roi_name))
         self.model = model
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -15,17 +15,23 @@ it replaces computes, and traces to standard ONNX operators:
 Multi-level (FPN) extraction is one single-level call per level on that level's RoIs, scattered back into RoI
 order (what torchvision's MultiScaleRoIAlign does under tracing; our fused multi-level op has no ONNX form).
 
-A user's op (any other class in the extractor's `op` slot) exports only through its own hook, EXPORT_HOOK:
+roi_heads.TorchvisionRoIOp (roi=align-torchvision, ...) computes the same avg RoIAlign and RoIPool and exports
+the same way. A user's extractor (roi_heads.contract: an op, or a torchvision-style pooler) exports only
+through its own hook, EXPORT_HOOK, a method called once, with no arguments, at export time:
 
-    def onnx_export_op(self) -> Callable[[Tensor, Tensor, int, float], Tensor]
+    op:     def onnx_export_op(self) -> Callable[[Tensor, Tensor, int, float], Tensor]
+            a stand-in with the op's single-level call (feature [N, C, H, W], rois [R, 5] (image index, x1, y1,
+            x2, y2) in image pixels, output_size S, spatial_scale) -> [R, C, S, S]; the exporter builds the
+            multi-level merge around it (the op's own `multilevel` is not used)
+    pooler: def onnx_export_op(self) -> Callable[[dict[str, Tensor], list[Tensor], list[tuple]], Tensor]
+            a stand-in with the pooler's call (features {name: [N, C, H_l, W_l]}, boxes N x [R_i, 4],
+            image_sizes) -> [R, C, S, S], used as it is
 
-called once, with no arguments, at export time. It returns a stand-in with the single-level call
-``(feature [N, C, H, W], rois [R, 5] (batch index, x1, y1, x2, y2) in image pixels, output_size S,
-spatial_scale) -> [R, C, S, S]`` that computes what the op computes, from torch operations that
-torch.onnx.export (dynamo=False) traces into standard ONNX: no Python numbers taken from tensor values
-(``.item()``, ``.tolist()``, ``len(tensor)``, ``int(tensor)``), which the tracer would freeze at their export-time
-values, and no custom operator without an ONNX symbolic. The exporter builds the multi-level merge around it.
-The exported model is then checked against PyTorch by the export command, as for the built-in ops.
+The stand-in computes what the extractor computes, from torch operations that torch.onnx.export (dynamo=False)
+traces into standard ONNX: no Python numbers taken from tensor values (``.item()``, ``.tolist()``,
+``len(tensor)``, ``int(tensor)``), which the tracer would freeze at their export-time values, and no custom
+operator without an ONNX symbolic. The export command then checks the exported model against PyTorch, as for
+the built-in ops.
 
 Shapes: N images, C channels, R RoIs, S the pooled side, L pyramid levels.
 """
@@ -39,8 +45,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.onnx.operators import shape_as_tensor
 
-import ops  # noqa: F401  (loads torch.ops.roi_ops)
+import ops
+from roi_heads.contract import PlainOp
 from roi_heads.roi_op import RoIOp
+from roi_heads.torchvision_op import TorchvisionRoIOp
 
 EXPORT_HOOK = "onnx_export_op"
 
@@ -52,40 +60,61 @@ class ExportRefusedError(ValueError):
 def export_op(op: object, name: str | None = None) -> ExportOp:
     """The export stand-in of an extractor's `op`; `name` (the `roi` config's name) for the messages.
 
-    The op's own EXPORT_HOOK wins; otherwise a built-in RoIOp is mapped by its kind, pool_mode, aligned and
-    sampling_ratio; anything else is refused.
+    The op's own EXPORT_HOOK wins; otherwise our RoIOp and TorchvisionRoIOp are mapped by their kind, pool_mode,
+    aligned and sampling_ratio; anything else is refused. An op that the model wrapped (roi_heads.contract's
+    PlainOp, for a callable that is not a RoIFeatureOp) is looked at itself.
     """
+    while isinstance(op, PlainOp):
+        op = op.op
     hook = getattr(op, EXPORT_HOOK, None)
     if callable(hook):
-        stand_in = hook()
-        if not callable(stand_in):
-            raise ExportRefusedError(
-                f"{_qualname(op)}.{EXPORT_HOOK}() returned {stand_in!r}, not a callable "
-                "(feature, rois, output_size, spatial_scale) -> [R, C, S, S]"
-            )
-        return ExportOp(stand_in)
-    if isinstance(op, RoIOp) and not _overrides_roi_op(op):
-        return ExportOp(_builtin_stand_in(op, name or getattr(op, "name", None) or op.kind))
+        return ExportOp(_stand_in(op, hook, "(feature, rois, output_size, spatial_scale) -> [R, C, S, S]"))
+    if isinstance(op, (RoIOp, TorchvisionRoIOp)) and not _overrides(op):
+        return ExportOp(_builtin_stand_in(op, name or op.kind))
     raise ExportRefusedError(
         f"cannot export the RoI extractor {_qualname(op)}{f' (roi={name})' if name else ''} to ONNX: it is not "
-        f"one of the built-in ops (roi_heads.RoIOp), and the exporter cannot know what it computes. Give the "
-        f"class a method `{EXPORT_HOOK}(self)` that returns an ONNX-traceable callable (feature [N, C, H, W], "
-        "rois [R, 5], output_size, spatial_scale) -> [R, C, S, S] computing the same thing (its contract is in "
-        "roi_heads/export_ops.py and the README's 'Export to ONNX')."
+        f"one of the built-in ops (roi_heads.RoIOp, TorchvisionRoIOp), and the exporter cannot know what it "
+        f"computes. Give the class a method `{EXPORT_HOOK}(self)` that returns an ONNX-traceable callable "
+        "(feature [N, C, H, W], rois [R, 5], output_size, spatial_scale) -> [R, C, S, S] computing the same thing "
+        "(its contract is in roi_heads/export_ops.py and the README's 'Export to ONNX')."
     )
+
+
+def export_pooler(pooler: object, name: str | None = None) -> ExportPooler:
+    """The export stand-in of a torchvision-style pooler (a RoI heads' extractor that is not our RoIExtractor):
+    only through its EXPORT_HOOK, else refused."""
+    hook = getattr(pooler, EXPORT_HOOK, None)
+    if callable(hook):
+        return ExportPooler(_stand_in(pooler, hook, "(features, boxes, image_sizes) -> [R, C, S, S]"))
+    raise ExportRefusedError(
+        f"cannot export the RoI pooler {_qualname(pooler)}{f' (roi={name})' if name else ''} to ONNX: the "
+        f"exporter cannot know what it computes or whether it traces. Give the class a method `{EXPORT_HOOK}(self)` "
+        "that returns an ONNX-traceable callable (features {name: [N, C, H, W]}, boxes N x [R_i, 4], image_sizes) "
+        "-> [R, C, S, S] computing the same thing (its contract is in roi_heads/export_ops.py and the README's "
+        "'Export to ONNX')."
+    )
+
+
+def _stand_in(extractor: object, hook: Callable, call: str) -> Callable:
+    stand_in = hook()
+    if not callable(stand_in):
+        raise ExportRefusedError(f"{_qualname(extractor)}.{EXPORT_HOOK}() returned {stand_in!r}, not a callable {call}")
+    return stand_in
 
 
 def _qualname(op: object) -> str:
     return f"{type(op).__module__}.{type(op).__qualname__}"
 
 
-def _overrides_roi_op(op: RoIOp) -> bool:
-    """A RoIOp subclass that computes something of its own (its forward or multilevel replaced)."""
-    return type(op).forward is not RoIOp.forward or type(op).multilevel is not RoIOp.multilevel
+def _overrides(op: RoIOp | TorchvisionRoIOp) -> bool:
+    """A subclass of our ops that computes something of its own (its forward or multilevel replaced)."""
+    base = RoIOp if isinstance(op, RoIOp) else TorchvisionRoIOp
+    return type(op).forward is not base.forward or type(op).multilevel is not base.multilevel
 
 
-def _builtin_stand_in(op: RoIOp, name: str) -> nn.Module:
+def _builtin_stand_in(op: RoIOp | TorchvisionRoIOp, name: str) -> nn.Module:
     sampling_ratio = int(op.sampling_ratio)
+    pool_mode = getattr(op, "pool_mode", "avg")  # TorchvisionRoIOp: avg RoIAlign or RoIPool
     if op.kind == "warp":
         raise ExportRefusedError(
             f"roi={name} (RoIWarp) cannot be exported to ONNX: ONNX has no operator for it. RoIWarp rounds the "
@@ -95,7 +124,7 @@ def _builtin_stand_in(op: RoIOp, name: str) -> nn.Module:
         )
     if op.kind == "pool":
         return MaxRoiPool()
-    if op.pool_mode == "avg":
+    if pool_mode == "avg":
         return RoiAlignAvg(bool(op.aligned), sampling_ratio)
     if sampling_ratio <= 0:
         raise ExportRefusedError(
@@ -141,10 +170,24 @@ class ExportOp(nn.Module):
 def _one_map(feature, rois, output_size, spatial_scale, kind, sampling_ratio, aligned, max_mode) -> Tensor:
     """Our op on one map (what ops.roi_align / roi_pool run, without their argument checks, which the tracer
     would warn about while it records the stand-in's symbolic instead) -> [R, C, S, S]."""
+    ops.load()  # torch.ops.roi_ops is there once the library is loaded (import ops loads nothing)
     out, _ = torch.ops.roi_ops.multilevel_roi_forward(
         [feature], rois, None, [spatial_scale], kind, output_size, output_size, sampling_ratio, aligned, max_mode
     )
     return out
+
+
+class ExportPooler(nn.Module):
+    """A pooler's export stand-in, as a module (the RoI heads hold their extractors as child modules)."""
+
+    def __init__(self, pooler: Callable[[dict[str, Tensor], list[Tensor], list[tuple[int, int]]], Tensor]) -> None:
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]] | None = None
+    ) -> Tensor:
+        return self.pooler(features, boxes, image_sizes)
 
 
 class _RoiAlignAvgFunction(torch.autograd.Function):

@@ -27,8 +27,9 @@ from maskrcnn.export_check import compare, onnx_detections, onnx_session, torch_
 from maskrcnn.export_model import ExportableMaskRCNN, resize_image
 from maskrcnn.export_paste import paste_masks
 from maskrcnn.trained_model import load_detector
-from roi_heads.export_ops import ExportRefusedError, roi_align_max
-from roi_heads.roi_op import RoIOp, pool_by_level
+from roi_heads import RoIFeatureOp, RoIOp, TorchvisionRoIOp
+from roi_heads.contract import as_op
+from roi_heads.export_ops import ExportRefusedError, MaxRoiPool, RoiAlignAvg, export_op, roi_align_max
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -147,14 +148,11 @@ def test_cli_refusal_is_one_line_without_a_traceback(untrained, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-class UserRoIAlign(torch.nn.Module):
-    """A user's extractor op (torchvision's RoIAlign), plugged in as roi._target_ would plug it."""
+class UserRoIAlign(RoIFeatureOp):
+    """A user's extractor op (torchvision's RoIAlign), as roi._target_ plugs it in."""
 
     def forward(self, feature, rois, output_size, spatial_scale):
         return torchvision.ops.roi_align(feature, rois, output_size, spatial_scale, 2, True)
-
-    def multilevel(self, features, rois, levels, output_size, spatial_scales):
-        return pool_by_level(lambda f, r, s: self(f, r, output_size, s), features, rois, levels, spatial_scales)
 
 
 class ExportableUserRoIAlign(UserRoIAlign):
@@ -163,21 +161,63 @@ class ExportableUserRoIAlign(UserRoIAlign):
         return lambda feature, rois, size, scale: torchvision.ops.roi_align(feature, rois, size, scale, 2, True)
 
 
-def _with_op(checkpoint, op):
+class PlainUserOp:
+    """A plain callable op (the model wraps it in roi_heads.contract.PlainOp), with its export hook."""
+
+    def __call__(self, feature, rois, output_size, spatial_scale):
+        return torchvision.ops.roi_align(feature, rois, output_size, spatial_scale, 2, True)
+
+    def onnx_export_op(self):
+        return self
+
+
+class UserPooler(torchvision.ops.MultiScaleRoIAlign):
+    """A user's torchvision-style pooler (roi._target_ with featmap_names / output_size)."""
+
+
+class ExportableUserPooler(UserPooler):
+    def onnx_export_op(self):
+        """torchvision's MultiScaleRoIAlign traces to ONNX (per-level RoiAlign, merged by a scatter)."""
+        return self
+
+
+def _with_extractor(checkpoint, op=None, pooler=None):
+    """The checkpoint's model with its extractors' op replaced by `op`, or its extractors by `pooler`s built
+    as the model builds them (pooler(featmap_names=..., output_size=S))."""
     model = load_detector(checkpoint)[0].model
-    model.roi_heads.box_extractor.op = model.roi_heads.mask_extractor.op = op
-    model.roi_heads.score_thresh = 0.0
+    heads = model.roi_heads
+    for branch in ("box_extractor", "mask_extractor"):
+        extractor = getattr(heads, branch)
+        if op is not None:
+            extractor.op = as_op(op)
+        else:
+            setattr(heads, branch, pooler(featmap_names=extractor.featmap_names, output_size=extractor.output_size,
+                                          sampling_ratio=2))  # fmt: skip
+    heads.score_thresh = 0.0
     return model
 
 
-def test_user_extractor_is_refused_without_its_export_hook(untrained):
-    with pytest.raises(ExportRefusedError, match=r"test_export\.UserRoIAlign.*onnx_export_op"):
-        ExportableMaskRCNN(_with_op(untrained, UserRoIAlign()))
+def test_user_extractors_are_refused_without_their_export_hook(untrained):
+    with pytest.raises(ExportRefusedError, match=r"RoI extractor test_export\.UserRoIAlign.*onnx_export_op"):
+        ExportableMaskRCNN(_with_extractor(untrained, op=UserRoIAlign()))
+    with pytest.raises(ExportRefusedError, match=r"RoI pooler test_export\.UserPooler.*onnx_export_op"):
+        ExportableMaskRCNN(_with_extractor(untrained, pooler=UserPooler))
+
+
+def test_export_hooks_are_found_on_wrapped_ops_and_torchvision_ops_export_as_ours():
+    stand_in = export_op(as_op(PlainUserOp()))  # PlainOp(PlainUserOp): the hook of the op inside
+    assert isinstance(stand_in.single, PlainUserOp)
+    assert isinstance(export_op(TorchvisionRoIOp("align", aligned=False, sampling_ratio=0)).single, RoiAlignAvg)
+    assert isinstance(export_op(TorchvisionRoIOp("pool")).single, MaxRoiPool)
 
 
 @pytest.mark.slow
-def test_user_extractor_exports_through_its_hook(checkpoints, tmp_path):
-    model = _with_op(checkpoints["align"], ExportableUserRoIAlign())
+@pytest.mark.parametrize("form", ["op", "pooler"])
+def test_user_extractor_exports_through_its_hook(checkpoints, tmp_path, form):
+    if form == "op":
+        model = _with_extractor(checkpoints["align"], op=ExportableUserRoIAlign())
+    else:
+        model = _with_extractor(checkpoints["align"], pooler=ExportableUserPooler)
     export_onnx(ExportableMaskRCNN(model), synthetic_image(128, 128), tmp_path / "user.onnx")
     image = synthetic_image(*TEST_IMAGE, seed=3)
     result = compare(torch_detections(model, image), onnx_detections(onnx_session(tmp_path / "user.onnx"), image))
