@@ -59,7 +59,9 @@ def measure(checkpoint: str, images: int, score_thresh: float, seed: int = 0) ->
         "images": images,
         "images_equal": sum(r["equal"] for r in rows),
         "detections": sum(r["detections"] for r in rows),
-        "unmatched": sum(r["detections"] + r["onnx_detections"] - 2 * r["matched"] for r in rows),
+        "near_tie_swaps": sum(r["near_tie_swaps"] for r in rows),
+        "unmatched": sum(r["detections"] + r["onnx_detections"] - 2 * (r["matched"] + r["near_tie_swaps"])
+                         for r in rows),  # fmt: skip
         "max_box_diff_px": max(r["max_box_diff_px"] for r in rows),
         "max_score_diff": max(r["max_score_diff"] for r in rows),
         "min_mask_iou": min(r["min_mask_iou"] for r in rows),

@@ -224,6 +224,25 @@ def test_user_extractor_exports_through_its_hook(checkpoints, tmp_path, form):
     assert result["detections"] == 100 and result["equal"], result
 
 
+def test_comparison_excuses_near_tie_swaps_only():
+    """Two same-class boxes overlapping by IoU 0.6 with scores 1e-8 apart: which survives NMS is float rounding's
+    choice. A detection 1e-3 away, or one that does not overlap, is a difference."""
+    masks = np.zeros((3, 1, 8, 8), dtype=np.float32)
+    ours = {"boxes": np.array([[0, 0, 50, 50], [60, 60, 90, 90], [0, 30, 10, 60]], dtype=np.float32),
+            "labels": np.array([1, 2, 4]), "scores": np.array([0.9, 0.5, 0.3], dtype=np.float32), "masks": masks}
+    swapped = {**ours, "boxes": ours["boxes"].copy(), "scores": ours["scores"].copy()}
+    swapped["boxes"][2] = [0, 25, 12, 62]  # IoU 0.61 with ours
+    swapped["scores"][2] += 1e-8
+    result = compare(ours, swapped)
+    assert result["equal"] and (result["matched"], result["near_tie_swaps"]) == (2, 1)
+    swapped["scores"][2] = 0.301
+    assert not compare(ours, swapped)["equal"]
+    swapped["scores"][2], swapped["boxes"][2] = 0.3, [40, 0, 49, 9]  # the lowest on both sides: a top-k cut
+    assert compare(ours, swapped)["near_tie_swaps"] == 1
+    swapped["labels"] = np.array([1, 3, 4])  # not a tie: a different class at 0.5
+    assert not compare(ours, swapped)["equal"]
+
+
 def _tiny_export(module, inputs, dynamic_axes):
     buffer = io.BytesIO()
     with warnings.catch_warnings():
