@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml setup.py constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints-cpu.txt torch torchvision "setuptools>=69" wheel
-	$(PY) -m pip install -q -c constraints-cpu.txt --no-build-isolation -e ".[dev,fast-eval]"
+	$(PY) -m pip install -q -c constraints-cpu.txt --no-build-isolation -e ".[dev,fast-eval,export]"
 	touch $@
 
 setup: $(VENV)/.installed

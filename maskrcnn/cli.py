@@ -3,14 +3,15 @@
     roi-gap-train [key=value ...]                     python train.py [key=value ...]
     roi-gap-evaluate ckpt_path=... [key=value ...]    python evaluate.py ckpt_path=...
     roi-gap-predict ckpt_path=... input=... [...]     python -m maskrcnn.predict ckpt_path=... input=...
+    roi-gap-export ckpt_path=... [output=...]         python -m maskrcnn.export ckpt_path=... [output=...]
 
 Each is a Hydra app over the configs that ship in the package (:data:`maskrcnn.config.CONFIG_DIR`), so it works
 from any working directory, and writes its outputs (``outputs/``, ``data/``) under that directory, never into
 the installed package. A user's own configs join through ``hydra.searchpath=[file:///path/to/conf]``, and the
 Python modules in that folder become importable for ``_target_`` (:mod:`maskrcnn.plugins`).
 
-A new command is one :func:`command` line here and one line in pyproject.toml's ``[project.scripts]``, e.g.
-``export = command("export", "maskrcnn.export:export")`` for ``roi-gap-export``.
+A new command is one :func:`command` line here and one line in pyproject.toml's ``[project.scripts]``, as
+``export = command("export", "maskrcnn.export:run")`` is for ``roi-gap-export``.
 """
 
 from __future__ import annotations
@@ -52,3 +53,4 @@ def command(config_name: str, target: str) -> Callable[[], None]:
 train = command("train", "maskrcnn.training:train")
 evaluate = command("evaluate", "maskrcnn.evaluate_checkpoint:evaluate")
 predict = command("predict", "maskrcnn.predict:run")
+export = command("export", "maskrcnn.export:run")

@@ -10,7 +10,7 @@ from roi_heads.box_head import BoxPredictor
 from roi_heads.contract import RoIPooler
 from roi_heads.losses import box_losses, mask_loss, mask_targets
 from roi_heads.mask_head import MaskPredictor
-from roi_heads.postprocess import detect_boxes, mask_probabilities
+from roi_heads.postprocess import detect_boxes, mask_probabilities, split_per_image
 from roi_heads.sampling import ProposalSampler
 
 
@@ -110,7 +110,7 @@ class RoIHeads(nn.Module):
         mask_logits = self._mask_logits(features, [d["boxes"] for d in detections], image_sizes)
         masks = mask_probabilities(mask_logits, torch.cat([d["labels"] for d in detections]))
         for det, image_masks in zip(
-            detections, masks.split([len(d["boxes"]) for d in detections]), strict=True
+            detections, split_per_image(masks, [d["boxes"] for d in detections]), strict=True
         ):
             det["masks"] = image_masks
         return detections

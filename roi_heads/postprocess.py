@@ -27,17 +27,19 @@ def detect_boxes(
     nms_thresh, then the detections_per_img best.
 
     Boxes and scores come out in float32 (float64 for float64 input) even when the heads ran under autocast.
+
+    No Python number is taken from a tensor's size (len()): the ONNX export traces this function, and the tracer
+    would freeze such numbers at their values for the export's image.
     """
     num_classes = class_logits.shape[1]
     boxes_all = box_coder.decode(to_geometry_dtype(box_regression), proposals).reshape(-1, num_classes, 4)
     scores_all = to_geometry_dtype(class_logits).softmax(-1)
     results = []
-    counts = [len(p) for p in proposals]
     for boxes, scores, size in zip(
-        boxes_all.split(counts), scores_all.split(counts), image_sizes, strict=True
+        split_per_image(boxes_all, proposals), split_per_image(scores_all, proposals), image_sizes, strict=True
     ):
         boxes = clip_boxes_to_image(boxes, size)[:, 1:].reshape(-1, 4)
-        labels = torch.arange(1, num_classes, device=scores.device).repeat(len(scores))
+        labels = torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
         scores = scores[:, 1:].reshape(-1)
         keep = torch.nonzero(scores > score_thresh).squeeze(1)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -55,5 +57,15 @@ def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
     The sigmoid runs over all classes before the selection, as in torchvision: a vectorised sigmoid rounds an
     element by where it falls in the vector, so only the same order gives bitwise torchvision's masks.
     """
-    index = torch.arange(len(labels), device=labels.device)
+    index = torch.arange(labels.shape[0], device=labels.device)
     return to_geometry_dtype(mask_logits).sigmoid()[index, labels][:, None]
+
+
+def split_per_image(rows: Tensor, per_image: list[Tensor]) -> list[Tensor] | tuple[Tensor, ...]:
+    """rows [sum L_i, ...] -> N tensors [L_i, ...], L_i = len(per_image[i]); one image's rows stay whole.
+
+    One image is what the ONNX export traces: split() would freeze L_0 at its value for the export's image.
+    """
+    if len(per_image) == 1:
+        return [rows]
+    return rows.split([len(t) for t in per_image])

@@ -29,7 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
-SCRIPTS = ("roi-gap-train", "roi-gap-evaluate", "roi-gap-predict")
+SCRIPTS = ("roi-gap-train", "roi-gap-evaluate", "roi-gap-predict", "roi-gap-export")
 
 
 @dataclass
@@ -223,6 +223,21 @@ def test_installed_predict_console_script(installed, smoke_checkpoint):
     assert summary["images"] == 2 and summary["error"] is None
     assert (out / "drawn" / "0.png").is_file() and (out / "predict.log").is_file()
     assert isinstance(json.loads((out / "predictions.json").read_text()), list)
+    assert "building" not in proc.stderr and "JIT" not in proc.stderr
+    installed.assert_untouched()
+
+
+def test_installed_export_console_script(installed, smoke_checkpoint):
+    """roi-gap-export from the install's bin/: the ONNX file in the user's folder, checked by the command in
+    onnxruntime against the installed PyTorch model (two image sizes), with the prebuilt ops; nothing compiled,
+    nothing written into the install."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    script = str(installed.site / "bin" / "roi-gap-export")
+    proc = installed.run([script, f"ckpt_path={smoke_checkpoint}", "output=model.onnx", "hydra.run.dir=export_run"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (installed.cwd / "model.onnx").is_file()
+    assert (installed.cwd / "export_run" / "export.log").read_text().count("'equal': True") == 2
     assert "building" not in proc.stderr and "JIT" not in proc.stderr
     installed.assert_untouched()
 
