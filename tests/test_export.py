@@ -55,17 +55,9 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory):
+def untrained(untrained_checkpoint):
     """An untrained smoke-size roi=align checkpoint, saved as train.py saves it."""
-    from maskrcnn.lightning_module import CHECKPOINT_FORMAT
-    from maskrcnn.training import build_module
-
-    root = tmp_path_factory.mktemp("untrained")
-    cfg = compose_config("train", ["experiment=smoke", f"paths.output_dir={root}"])
-    module = build_module(cfg, [{"id": i, "name": f"class{i}"} for i in (1, 2)])
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "checkpoint_format": CHECKPOINT_FORMAT}, root / "align.ckpt")  # fmt: skip
-    return root / "align.ckpt"
+    return untrained_checkpoint
 
 
 def _with_roi(checkpoint, roi_name, path):

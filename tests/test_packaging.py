@@ -28,7 +28,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
 SCRIPTS = ("roi-gap-train", "roi-gap-evaluate", "roi-gap-predict", "roi-gap-export")
 
 
@@ -186,21 +185,8 @@ def test_installed_copy_never_loads_a_wider_isa(installed):
 
 
 @pytest.fixture(scope="module")
-def smoke_checkpoint(tmp_path_factory):
-    """An untrained smoke-size detector (r18_fpn, 128 px, roi=align with our op), saved as train.py saves it."""
-    from maskrcnn.config import compose_config
-    from maskrcnn.lightning_module import CHECKPOINT_FORMAT
-    from maskrcnn.training import build_module
-
-    root = tmp_path_factory.mktemp("smoke_ckpt")
-    cfg = compose_config("train", ["experiment=smoke", f"paths.output_dir={root}",
-                                   "model.roi_heads.detections_per_img=5"])  # fmt: skip
-    torch.manual_seed(0)
-    module = build_module(cfg, CLASSES)
-    path = root / "last.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "checkpoint_format": CHECKPOINT_FORMAT}, path)  # fmt: skip
-    return path
+def smoke_checkpoint(untrained_checkpoint):
+    return untrained_checkpoint
 
 
 def test_installed_predict_console_script(installed, smoke_checkpoint):

@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMOKE_CLASSES
 from PIL import Image
 from pycocotools.coco import COCO
 
 from maskrcnn.config import compose_config
 from maskrcnn.data.image_file import UnreadableImageError
-from maskrcnn.lightning_module import CHECKPOINT_FORMAT
 from maskrcnn.predict import PredictInputError, drawing_names, list_inputs, predict
-from maskrcnn.training import build_module
 
 REPO = Path(__file__).resolve().parents[1]
 # Non-contiguous ids: predictions.json must carry the class id, not the model's label 1..K.
-CLASSES = [{"id": 3, "name": "circle"}, {"id": 7, "name": "square"}, {"id": 9, "name": "triangle"}]
+CLASSES = SMOKE_CLASSES
 RECORD_KEYS = {"image_id", "category_id", "bbox", "score", "segmentation"}
 
 # name -> displayed (width, height) of the good files; the EXIF-rotated photo is stored 60x40 and shown 40x60.
@@ -69,18 +68,8 @@ def write_assorted_folder(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """An untrained smoke-size detector (128 px, r18_fpn) saved as train.py saves it; at most 5 detections an
-    image, so that pasting masks at 3000x2000 stays cheap."""
-    root = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_config("train", ["experiment=smoke", f"paths.output_dir={root}",
-                                   "model.roi_heads.detections_per_img=5"])  # fmt: skip
-    torch.manual_seed(0)
-    module = build_module(cfg, CLASSES)
-    path = root / "last.ckpt"
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "checkpoint_format": CHECKPOINT_FORMAT}, path)  # fmt: skip
-    return path
+def checkpoint(untrained_checkpoint):
+    return untrained_checkpoint
 
 
 def _predict_cfg(checkpoint, input, output, *overrides):
