@@ -3,7 +3,7 @@
 torchvision's `maskrcnn_resnet50_fpn` (random weights) and our `model=r50_fpn` with its state_dict converted
 by `maskrcnn.torchvision_weights`. With `roi=align_legacy roi.impl=torchvision` (torchvision's own RoIAlign,
 aligned=False) every stage is bitwise identical but two, which agree to float32 rounding: the mask predictor (our
-transposed conv is a matrix product) and the pasted masks (our paste rounds its products apart; every mask lands
+transposed conv is a 1x1 conv) and the pasted masks (our paste rounds its products apart; every mask lands
 on torchvision's pixels). With our op the pooled features agree to float32 rounding too.
 Each stage is fed torchvision's output of the stage before, so a failure names the stage that diverges.
 The class scores are spread first (random weights give near-uniform scores), so NMS ties decide nothing.
@@ -109,7 +109,7 @@ def test_stages_match_torchvision(compose_cfg, torchvision_model, images, impl):
 
         mask_features = tv_heads.mask_head(mask_pooled)
         _check("mask head", our_heads.mask_head(mask_pooled), mask_features, exact=True)
-        # Our predictor computes the transposed conv and the 1x1 conv as two matrix products (issue #26): the same
+        # Our predictor computes the transposed conv as a 1x1 conv to 4x the channels (issue #26): the same
         # function, its sums of 256 products taken in another order, so float32 rounding apart (relative to the
         # size of the logits: random weights give |logits| up to ~60).
         mask_logits = tv_heads.mask_predictor(mask_features)
