@@ -43,8 +43,12 @@ def detections_to_coco(
     ]
     if "masks" not in detections or len(scores) == 0:
         return bbox, []
-    binary = (detections["masks"][:, 0] >= mask_threshold).to(torch.uint8).cpu().numpy()
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    masks = detections["masks"][:, 0]
+    # pycocotools reads one Fortran-ordered H x W x D uint8 array, i.e. [D, W, H] row-major: threshold straight
+    # into that layout, one pass over the probabilities, and hand numpy a view (no uint8 cast, no Fortran copy).
+    binary = torch.empty((len(masks), masks.shape[2], masks.shape[1]), dtype=torch.bool, device=masks.device)
+    torch.ge(masks.transpose(1, 2), mask_threshold, out=binary)
+    rles = mask_utils.encode(binary.cpu().view(torch.uint8).numpy().transpose(2, 1, 0))
     segm = [
         {"image_id": image_id, "category_id": c, "segmentation": _json_rle(r), "score": s}
         for c, r, s in zip(categories, rles, scores, strict=True)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from maskrcnn.paste import paste_masks_in_images
 from roi_heads import RoIHeads
 
 
@@ -47,5 +48,21 @@ class MaskRCNN(nn.Module):
         detections, head_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **head_losses}
-        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        return _to_input_images(detections, batch.image_sizes, original_sizes)
+
+
+def _to_input_images(
+    detections: list[dict[str, Tensor]], sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
+) -> list[dict[str, Tensor]]:
+    """The transform's postprocess with our paste: boxes scaled from the resized image back to the input image
+    (torchvision's resize_boxes), and the box-frame masks [D, 1, M, M] pasted at its size [D, 1, H_i, W_i], those of
+    all images in one call (torchvision's paste_masks_in_image fills and stacks a full-size image per mask)."""
+    for det, size, original in zip(detections, sizes, original_sizes, strict=True):
+        det["boxes"] = resize_boxes(det["boxes"], size, original)
+    if detections and "masks" in detections[0]:
+        masks = [det["masks"] for det in detections]
+        pasted = paste_masks_in_images(masks, [det["boxes"] for det in detections], original_sizes)
+        for det, image_masks in zip(detections, pasted, strict=True):
+            det["masks"] = image_masks
+    return detections
 

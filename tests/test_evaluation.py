@@ -81,6 +81,25 @@ def test_results_use_original_category_ids_and_one_rle_per_detection():
     json.dumps(segm)  # JSON-serialisable as written to segm_results.json
 
 
+@pytest.mark.parametrize("num", [1, 7])
+def test_rles_are_the_thresholded_masks(num):
+    """The RLEs (thresholded straight into pycocotools' Fortran layout) decode to masks >= threshold exactly, and
+    equal pycocotools' encoding of the uint8 masks; H != W, so a transposition would show."""
+    gen = torch.Generator().manual_seed(num)
+    probabilities = torch.rand(num, 1, 13, 21, generator=gen)
+    probabilities[0, 0, 0, 0] = 0.5  # on the threshold: in the mask
+    det = {"boxes": torch.zeros(num, 4), "scores": torch.ones(num), "labels": torch.ones(num, dtype=torch.int64),
+           "masks": probabilities}  # fmt: skip
+    _, segm = detections_to_coco(1, det, {1: 1})
+    expected = (probabilities[:, 0] >= 0.5).numpy().astype(np.uint8)
+    reference = mask_utils.encode(np.asfortranarray(expected.transpose(1, 2, 0)))
+    for k, record in enumerate(segm):
+        rle = {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
+        assert rle["size"] == [13, 21]
+        assert np.array_equal(mask_utils.decode(rle), expected[k])
+        assert rle["counts"] == reference[k]["counts"]
+
+
 def test_faster_coco_eval_matches_pycocotools(val_set):
     pytest.importorskip("faster_coco_eval")
     results = _gt_as_detections(val_set, jitter=1.5)

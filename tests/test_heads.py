@@ -1,6 +1,9 @@
 """RoI heads: proposal sampling, mask targets, losses and post-processing."""
 
+import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 
 from roi_heads.losses import box_losses, mask_loss, mask_targets
@@ -89,6 +92,86 @@ def test_mask_loss_without_positives_keeps_every_mask_parameter_in_the_graph():
     assert loss.item() == 0.0
     params = list(head.parameters()) + list(predictor.parameters())
     assert all(p.grad is not None and (p.grad == 0).all() for p in params)
+
+
+def _predictor_as_convolutions(predictor: MaskPredictor, x: torch.Tensor) -> torch.Tensor:
+    """The predictor's function as it was written before issue #26: conv_transpose2d, ReLU, 1x1 conv."""
+    hidden = F.conv_transpose2d(x, predictor.deconv.weight, predictor.deconv.bias, stride=2).relu()
+    return F.conv2d(hidden, predictor.logits.weight, predictor.logits.bias)
+
+
+def _abs_max(t: torch.Tensor) -> torch.Tensor:
+    return t.abs().max() if t.numel() else t.new_zeros(())
+
+
+def _spread(predictor: MaskPredictor) -> MaskPredictor:
+    """Non-trivial logits and biases (the init gives std 0.001 logits and zero biases)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in predictor.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+    return predictor
+
+
+def _value_and_grads(module: nn.Module, fn, x: torch.Tensor, grad_out: torch.Tensor) -> list[torch.Tensor]:
+    """fn(module, x) and the gradients of <fn(module, x), grad_out> for x and every parameter, in float64."""
+    x = x.clone().requires_grad_()
+    out = fn(module, x)
+    grads = torch.autograd.grad(out, [x, *module.parameters()], grad_out.to(out.dtype))
+    return [t.detach().double() for t in (out, *grads)]
+
+
+@pytest.mark.parametrize("num_rois", [0, 1, 37])
+def test_mask_predictor_equals_the_transposed_convolution(num_rois):
+    """Outputs and all gradients equal F.conv_transpose2d + ReLU + conv2d: to ~1e-15 in float64 (both signs
+    of the pre-activation, so the ReLU gates), and in float32 no farther from the float64 result than the
+    convolutions' own float32 rounding (times 4). The float32 case keeps every pre-activation positive: where one
+    is within float32 rounding of 0, either side of the ReLU's kink is right, and their gradients differ by O(1)."""
+    gen = torch.Generator().manual_seed(0)
+    predictor = _spread(MaskPredictor(24, 16, num_classes=5)).double()
+    x = torch.randn(num_rois, 24, 7, 7, dtype=torch.float64, generator=gen)
+    grad_out = torch.randn(num_rois, 6, 14, 14, dtype=torch.float64, generator=gen)
+    exact = _value_and_grads(predictor, _predictor_as_convolutions, x, grad_out)
+    ours = _value_and_grads(predictor, MaskPredictor.forward, x, grad_out)
+    for a, b in zip(ours, exact, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert num_rois == 0 or (ours[0] != ours[0].flatten()[0]).any()
+
+    with torch.no_grad():  # x >= 0, deconv weights >= 0, bias > 0: every pre-activation > 0.1
+        predictor.deconv.weight.abs_()
+        predictor.deconv.bias.abs_().add_(0.1)
+    x = x.abs()
+    exact = _value_and_grads(predictor, _predictor_as_convolutions, x, grad_out)
+    predictor32 = MaskPredictor(24, 16, num_classes=5)
+    predictor32.load_state_dict({k: v.float() for k, v in predictor.state_dict().items()})
+    ours32 = _value_and_grads(predictor32, MaskPredictor.forward, x.float(), grad_out)
+    theirs32 = _value_and_grads(predictor32, _predictor_as_convolutions, x.float(), grad_out)
+    names = ["logits", "grad x", "grad deconv.weight", "grad deconv.bias", "grad logits.weight", "grad logits.bias"]
+    for name, a, b, truth in zip(names, ours32, theirs32, exact, strict=True):
+        scale = _abs_max(truth).clamp(min=1e-30)
+        ours_error, their_error = _abs_max(a - truth) / scale, _abs_max(b - truth) / scale
+        assert ours_error <= 4 * their_error + 1e-7, f"{name}: {ours_error:.2e} vs conv {their_error:.2e}"
+        assert ours_error <= 1e-5, f"{name}: {ours_error:.2e}"
+
+
+def test_mask_predictor_loads_state_dicts_of_the_convolution_modules():
+    """The parameters are still those of nn.ConvTranspose2d `deconv` and nn.Conv2d `logits`: a state_dict saved
+    from those modules (every checkpoint before issue #26) loads strictly and gives the same logits."""
+    old = nn.Module()
+    old.deconv, old.logits = nn.ConvTranspose2d(12, 8, 2, stride=2), nn.Conv2d(8, 4, 1)
+    old.logits.weight.data.normal_(std=0.5)
+    state = old.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "deconv.weight": (12, 8, 2, 2), "deconv.bias": (8,), "logits.weight": (4, 8, 1, 1), "logits.bias": (4,),
+    }  # fmt: skip
+    predictor = MaskPredictor(12, 8, num_classes=3)
+    assert {k: tuple(v.shape) for k, v in predictor.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in state.items()
+    }
+    predictor.load_state_dict(state, strict=True)
+    x = torch.randn(3, 12, 14, 14)
+    torch.testing.assert_close(predictor(x), old.logits(old.deconv(x).relu()), rtol=1e-5, atol=1e-6)
+    assert predictor(x.contiguous(memory_format=torch.channels_last)).equal(predictor(x))
 
 
 def test_mask_loss_uses_the_labelled_class_channel():
