@@ -5,55 +5,110 @@ import json
 import pytest
 import torch
 
-from bench import multilevel, roi_ops, train_step
+from bench import multilevel, roi_ops, step_breakdown, step_setup, train_step
+
+# The demo setup shrunk for tests: 4 images of 128 px, batch 1, no loader workers.
+TINY_DEMO = ["data.module.shapes.num_train=4", "data.module.shapes.num_val=1", "data.module.shapes.image_size=128",
+             "data.module.shapes.max_size=64", "data.image_min_size=128", "data.image_max_size=128",
+             "data.module.num_workers=0"]  # fmt: skip
+FAST_GEMM = ["--gemm-repeats", "2"]  # the 2048 GEMM: smaller ones suffer more from a busy machine
+
+
+def assert_breakdown_covers_the_step(result):
+    """The breakdown's keys together are the profiled step, and every component got its backward."""
+    breakdown = result["breakdown"]
+    assert set(breakdown) == {"data", "optimizer", "rest"} | {
+        f"{phase}/{c}" for phase in ("forward", "backward") for c in (*step_breakdown.COMPONENTS, "rest")
+    }
+    assert sum(breakdown.values()) == pytest.approx(1, abs=2e-3), "the shares sum to the step (15 rounded to 1e-4)"
+    assert sum(result["components"].values()) == pytest.approx(1, abs=2e-3)
+    assert sum(result["breakdown_seconds"].values()) == pytest.approx(result["profiled_step_seconds"], rel=2e-3)
+    assert all(v >= 0 for k, v in breakdown.items() if not k.endswith("rest")), breakdown
+    for component in ("backbone", "rpn", "box"):
+        assert breakdown[f"forward/{component}"] > 0 and breakdown[f"backward/{component}"] > 0, component
+    assert result["mask_rois_per_image"] > 0, "the ground-truth boxes are sampled as positives"
+    assert breakdown["forward/mask"] > 0 and breakdown["backward/mask"] > 0
+    # What no component claims stays small: the backward nodes were found by their sequence numbers.
+    assert breakdown["backward/rest"] < 0.25 * sum(v for k, v in breakdown.items() if k.startswith("backward/"))
+
+
+def assert_flop_rates(result):
+    flops = result["flops_per_step"]
+    assert flops["backward"] > flops["forward"] > 0 and flops["total"] == flops["forward"] + flops["backward"]
+    assert result["achieved_flops_per_s"] == pytest.approx(flops["total"] / result["seconds_per_step"], rel=1e-3)
+    assert 0 < result["gemm_fraction"] < 1.5
 
 
 @pytest.mark.slow
 def test_train_step_bench_compares_the_same_work(tmp_path):
     out = tmp_path / "train_step.json"
     report = train_step.main(
-        [
-            "--device",
-            "cpu",
-            "--batch",
-            "1",
-            "--size",
-            "96",
-            "96",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--precision",
-            "fp32",
-            "--out",
-            str(out),
-        ]
+        ["--device", "cpu", "--batch", "1", "--size", "96", "96", "--steps", "1", "--warmup", "0",
+         "--precision", "fp32", "--no-flops", "--out", str(out)]  # fmt: skip
     )
     assert json.loads(out.read_text()) == report
     ours, torchvision = report["results"]
     assert (ours["impl"], torchvision["impl"]) == ("ours", "torchvision")
     for result in (ours, torchvision):
         assert result["images_per_second"] > 0
-        assert set(result["breakdown"]) == {
-            "data",
-            "transform",
-            "backbone",
-            "rpn",
-            "roi_heads",
-            "backward",
-            "optimizer",
-        }
-        assert 0.5 < sum(result["breakdown"].values()) <= 1.004, "sections cover the step (7 shares rounded to 1e-3)"
+        assert_breakdown_covers_the_step(result)
+        assert "gemm_fraction" not in result  # --no-flops: the demo tests count FLOPs
         assert 0 < result["roi_ops_share"] < 1
     # Each side really runs its own RoI op, forward and backward.
     assert any(k.startswith("roi_ops::multilevel_roi_backward") for k in ours["roi_op_kernels"])
     assert not any("torchvision" in k for k in ours["roi_op_kernels"])
     assert any(k.startswith("torchvision::_roi_align_backward") for k in torchvision["roi_op_kernels"])
+    assert report["checkpoint"] is None and report["gemm"] is None and ours["image_ids"] is None  # synthetic batch
+
+
+@pytest.mark.slow
+def test_train_step_bench_demo_starts_both_from_a_checkpoint_and_feeds_both_the_same_batches(tmp_path):
+    from maskrcnn.data.shapes import SHAPE_CLASSES
+    from maskrcnn.lightning_module import CHECKPOINT_FORMAT
+    from maskrcnn.training import build_module
+
+    cfg = step_setup.demo_config([*TINY_DEMO, f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}"])
+    torch.manual_seed(1)  # not the benchmark's seed 0: loading must replace its initial weights
+    module = build_module(cfg, [{"id": i + 1, "name": name} for i, name in enumerate(SHAPE_CLASSES)])
+    ckpt = tmp_path / "trained.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "checkpoint_format": CHECKPOINT_FORMAT, "global_step": 7}, ckpt)  # fmt: skip
+    weights, info = step_setup.checkpoint_weights(ckpt, cfg)
+    assert weights.keys() == module.model.state_dict().keys()
+    assert all(torch.equal(weights[k], v) for k, v in module.model.state_dict().items())
+    assert (info["global_step"], info["roi"], info["differs_from_bench"]) == (7, "align", [])
+
+    report = train_step.main(
+        ["--device", "cpu", "--setup", "demo", "--ckpt", str(ckpt), "--batch", "1", "--steps", "1", "--warmup", "0",
+         *FAST_GEMM, "--out", str(tmp_path / "demo.json"),
+         "--override", *TINY_DEMO, f"paths.data_dir={tmp_path}"]  # fmt: skip
+    )
+    assert report["checkpoint"]["global_step"] == 7 and report["checkpoint"]["path"] == str(ckpt)
+    ours, torchvision = report["results"]
+    assert ours["image_ids"] == torchvision["image_ids"] and len(ours["image_ids"]) == 3  # FLOP, timed, profiled
+    assert [len(ids) for ids in ours["image_ids"]] == [1, 1, 1]
+    # Same weights, same batch: the same FLOPs (the mask branch's depend on the positives the weights give).
+    assert ours["flops_per_step"] == torchvision["flops_per_step"]
+    for result in (ours, torchvision):
+        assert_breakdown_covers_the_step(result)
+        assert_flop_rates(result)
+
+
+@pytest.mark.slow
+def test_train_step_bench_without_profiled_steps_reports_the_times(tmp_path):
+    report = train_step.main(
+        ["--device", "cpu", "--setup", "demo", "--impl", "ours", "--batch", "1", "--steps", "1", "--warmup", "0",
+         "--profile-steps", "0", *FAST_GEMM, "--out", str(tmp_path / "demo.json"),
+         "--override", *TINY_DEMO, f"paths.data_dir={tmp_path}"]  # fmt: skip
+    )
+    (ours,) = report["results"]
+    assert ours["profiled_steps"] == 0 and ours["seconds_per_step"] > 0 and ours["cpu_seconds_per_step"] > 0
+    assert "breakdown" not in ours and "roi_ops_share" not in ours
+    assert_flop_rates(ours)
 
 
 def test_synthetic_targets_look_like_coco():
-    images, targets = train_step.synthetic_batch(4, (64, 96))
+    images, targets = step_setup.synthetic_batch(4, (64, 96))
     assert [tuple(i.shape) for i in images] == [(3, 64, 96)] * 4
     for target in targets:
         n = len(target["boxes"])
