@@ -68,11 +68,21 @@ def test_figure_rows_are_truth_then_each_runs_masks_by_image_id(runs, tmp_path):
     assert not torch.equal(rows[0][1], rows[0][2]), "same weights, different RoI op: different masks"
 
 
+def test_three_runs_are_three_columns_named_after_the_runs(runs, tmp_path, monkeypatch):
+    (pool_run, _), (align_run, _) = runs
+    monkeypatch.chdir(tmp_path)  # the default output goes to results/figures/ below the working directory
+    compare_predictions.main([str(pool_run), str(align_run), str(pool_run), "--image-ids", "1"])
+    out = tmp_path / "results" / "figures" / f"{pool_run.name}_vs_{align_run.name}_vs_{pool_run.name}.png"
+    with Image.open(out) as im:
+        assert im.size[0] == round(4 * compare_predictions.PANEL_INCHES * 100), "ground truth + one column a run"
+
+
 def test_errors_name_the_file(runs, tmp_path, capsys):
     (pool_run, _), (align_run, _) = runs
     for args, message in [
         ([pool_run, align_run, "--image-ids", "999"], "image id(s) [999] not in "),
         ([pool_run, tmp_path / "nothing"], f"no checkpoint file at {tmp_path / 'nothing' / 'checkpoints'}"),
+        ([pool_run], "give at least two run directories"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             compare_predictions.main([*map(str, args), "--out", str(tmp_path / "x.png")])

@@ -1,13 +1,14 @@
-"""The gap, visible: ground truth | run A's predicted masks | run B's, on the same val images chosen by id.
+"""The gap, visible: ground truth | run A's predicted masks | run B's | ..., on the same val images chosen by id.
 
-    python -m maskrcnn.analysis.compare_predictions RUN_A RUN_B [--image-ids ID ...] [--score-thresh 0.5] [--out PNG]
+    python -m maskrcnn.analysis.compare_predictions RUN_A RUN_B [RUN ...] [--image-ids ID ...] [--score-thresh 0.5]
+        [--out PNG]
 
-RUN_A and RUN_B are train.py run directories, typically a RoIPool and a RoIAlign run of one setting and seed.
-Both trained detectors (checkpoints/last.ckpt) run on the val images with the given ids, read through RUN_A's
-data config (both runs must have used the same val annotations). The ids are fixed in advance (the default
+The runs are train.py run directories, typically RoIPool, RoIAlign and other variants of one setting and seed.
+Every trained detector (checkpoints/last.ckpt) runs on the val images with the given ids, read through RUN_A's
+data config (all runs must have used the same val annotations). The ids are fixed in advance (the default
 list below), never picked after looking at the predictions. One row per image; detections scoring at least
 --score-thresh are drawn with their masks, boxes and scores, in the class colours of maskrcnn.viz.
-Writes results/figures/<RUN_A name>_vs_<RUN_B name>.png unless --out says otherwise.
+Writes results/figures/<RUN_A name>_vs_<RUN_B name>[_vs_...].png unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -108,16 +109,18 @@ def compare(run_dirs: list[Path], image_ids: list[int], score_thresh: float, out
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_a", type=Path, help="a run directory, e.g. the RoIPool run")
-    parser.add_argument("run_b", type=Path, help="another run of the same val data, e.g. the RoIAlign run")
+    parser.add_argument("runs", type=Path, nargs="+", metavar="run",
+                        help="two or more run directories of the same val data, e.g. RoIPool's, RoIAlign's, ...")
     parser.add_argument("--image-ids", type=int, nargs="+", default=list(DEFAULT_IMAGE_IDS),
                         help=f"val image ids, one row each (default {' '.join(map(str, DEFAULT_IMAGE_IDS))})")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
-    parser.add_argument("--out", type=Path, help="PNG path (default results/figures/<A>_vs_<B>.png)")
+    parser.add_argument("--out", type=Path, help="PNG path (default results/figures/<A>_vs_<B>[_vs_...].png)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results/figures") / f"{args.run_a.name}_vs_{args.run_b.name}.png"
+    if len(args.runs) < 2:
+        parser.error("give at least two run directories to compare")
+    out = args.out or Path("results/figures") / ("_vs_".join(run.name for run in args.runs) + ".png")
     try:
-        path = compare([args.run_a, args.run_b], args.image_ids, args.score_thresh, out)
+        path = compare(args.runs, args.image_ids, args.score_thresh, out)
     except (ComparisonError, CheckpointError, FileNotFoundError) as e:
         parser.exit(2, f"compare_predictions: error: {e}\n")
     print(f"wrote {path}")
