@@ -22,7 +22,8 @@ def assert_breakdown_covers_the_step(result):
     }
     assert sum(breakdown.values()) == pytest.approx(1, abs=2e-3), "the shares sum to the step (15 rounded to 1e-4)"
     assert sum(result["components"].values()) == pytest.approx(1, abs=2e-3)
-    assert sum(result["breakdown_seconds"].values()) == pytest.approx(result["profiled_step_seconds"], rel=2e-3)
+    # 15 parts and the step, each rounded to 1e-4 s: up to 16 x 0.5e-4 apart on a step of any length
+    assert sum(result["breakdown_seconds"].values()) == pytest.approx(result["profiled_step_seconds"], abs=8e-4)
     assert all(v >= 0 for k, v in breakdown.items() if not k.endswith("rest")), breakdown
     for component in ("backbone", "rpn", "box"):
         assert breakdown[f"forward/{component}"] > 0 and breakdown[f"backward/{component}"] > 0, component
