@@ -26,6 +26,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 from maskrcnn.builders import build_model
 from maskrcnn.checkpoints import CheckpointError, read_checkpoint
 from maskrcnn.config import compose_config
+from maskrcnn.nested import flatten
 from maskrcnn.trained_model import load_detector
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]  # images Float[3, H, W], targets (boxes, labels, masks, ...)
@@ -64,18 +65,13 @@ def checkpoint_weights(path: Path, cfg: DictConfig) -> tuple[dict[str, Tensor], 
                "image_max_size": module.hparams["image_max_size"]}  # fmt: skip
     bench = {"model": OmegaConf.to_container(cfg.model, resolve=True), "image_min_size": cfg.data.image_min_size,
              "image_max_size": cfg.data.image_max_size}  # fmt: skip
-    flat_trained, flat_bench = _flatten(trained), _flatten(bench)
+    flat_trained, flat_bench = flatten(trained), flatten(bench)
     differs = sorted(k for k in flat_trained.keys() | flat_bench.keys()
                      if k != "model.backbone.weights" and flat_trained.get(k) != flat_bench.get(k))  # fmt: skip
     info = {"path": str(path), "global_step": step, "roi": module.hparams["roi"].get("name"),
             "task_name": (run_config or {}).get("task_name"), "differs_from_bench": differs}  # fmt: skip
     return module.model.state_dict(), info
 
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
 
 
 def synthetic_batch(batch: int, size: tuple[int, int], seed: int = 0) -> Batch:

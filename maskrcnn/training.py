@@ -19,6 +19,7 @@ from maskrcnn.callbacks.convergence import ConvergenceCheck
 from maskrcnn.callbacks.validation_schedule import ValidationSchedule
 from maskrcnn.checkpoints import AtomicCheckpointIO, LastCheckpoint, read_checkpoint
 from maskrcnn.lightning_module import DetectorModule
+from maskrcnn.nested import flatten
 from maskrcnn.run_metrics import run_metrics, write_metrics, write_per_class
 from maskrcnn.runinfo import code_version, device_description
 from maskrcnn.schedule import Schedule, log_schedule, scaled_schedule, world_size
@@ -173,8 +174,8 @@ def _check_resumable(ckpt_path: str, cfg: DictConfig) -> int:
     """Loads the checkpoint's metadata safely, warns about config changes; returns its global step."""
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     hparams = checkpoint.get("hyper_parameters", {})
-    saved = _flatten(hparams.get("run_config") or hparams.get("cfg") or {})  # format 2 or 1
-    current = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    saved = flatten(hparams.get("run_config") or hparams.get("cfg") or {})  # format 2 or 1
+    current = flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(
         key
         for key in saved.keys() | current.keys()
@@ -185,11 +186,3 @@ def _check_resumable(ckpt_path: str, cfg: DictConfig) -> int:
         log.warning("resuming %s with a different config: %s", ckpt_path, details)
     return int(checkpoint["global_step"])
 
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from maskrcnn.nested import flatten
+
 METRICS = [f"{kind}/{m}" for kind in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
 REQUIRED = [*METRICS, "roi", "model", "data", "seed", "steps"]
 ARCH_ORDER = ("c4", "c5", "fpn")  # the paper's Table 2c, 2d, then FPN
@@ -155,17 +157,9 @@ def _check_same_model(first: tuple[Path, dict], other: tuple[Path, dict]) -> Non
     """Runs of one setting must share their model config (keys that only one has, added to the configs
     later with a default, are not compared)."""
     (path_a, a), (path_b, b) = first, other
-    flat_a, flat_b = _flatten(a), _flatten(b)
+    flat_a, flat_b = flatten(a), flatten(b)
     differ = [k for k in sorted(flat_a.keys() & flat_b.keys()) if flat_a[k] != flat_b[k]]
     if differ:
         shown = "; ".join(f"model.{k}: {flat_a[k]!r} vs {flat_b[k]!r}" for k in differ[:5])
         raise ReportError(f"{path_a} and {path_b}: runs of one setting with different model configs ({shown})")
 
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
