@@ -3,7 +3,7 @@
     python -m bench.validation --ckpt outputs/train/<run>/checkpoints/last.ckpt --old /tmp/old [--repeat 3]
 
 `--old` is a checkout of the commit to compare with (e.g. `git worktree add /tmp/old 3f51a29`, with its own
-`python -m ops.build`). Every run is a fresh process that imports that checkout's packages (PYTHONPATH, cwd) and
+`python -m ops.build`). Every run is a fresh process that imports that checkout's packages (bench.old_vs_new) and
 runs its `evaluate(cfg)`, as `python evaluate.py ckpt_path=...` does: the checkpoint's val set, its dataloader,
 Lightning's validate loop, COCO results and pycocotools scoring. The runs alternate old, new, old, new, ... so a
 slow spell of a shared machine hits both. Per run: the seconds of `trainer.validate` (the validation itself:
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+# The child runs in the other checkout, whose bench/ may predate old_vs_new: only main() imports it.
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,17 +61,11 @@ def child(ckpt: str, output_dir: str, threads: int | None) -> None:
 
 def run(checkout: Path, ckpt: str, threads: int | None) -> dict:
     """One validation in a fresh process of `checkout`."""
-    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONWARNINGS": "ignore"}
+    from bench.old_vs_new import run_child
+
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", ckpt, "--output-dir", out]
-        if threads:
-            command += ["--threads", str(threads)]
-        load = os.getloadavg()[0]
-        proc = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"validation in {checkout} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len("RESULT ") :]), "load_before": load}
+        threads_args = ["--threads", str(threads)] if threads else []
+        return run_child(__file__, checkout, [ckpt, "--output-dir", out, *threads_args])
 
 
 def main() -> None:
@@ -92,6 +84,7 @@ def main() -> None:
     if not args.ckpt or not args.old:
         parser.error("--ckpt and --old are required")
 
+    from bench.old_vs_new import commit_of
     from bench.report import write_json
     from maskrcnn.runinfo import device_description
 
@@ -117,8 +110,8 @@ def main() -> None:
         {
             "ckpt": str(Path(args.ckpt).resolve()),
             "machine": device_description(),
-            "old_commit": _commit(sides["old"]),
-            "new_commit": _commit(ROOT),
+            "old_commit": commit_of(sides["old"]),
+            "new_commit": commit_of(ROOT),
             "repeat": args.repeat,
             "validate_seconds_median": median,
             "speedup": round(ratio, 2),
@@ -127,13 +120,6 @@ def main() -> None:
             "runs": runs,
         },
     )
-
-
-def _commit(checkout: Path) -> str:
-    proc = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    return proc.stdout.strip() + ("+uncommitted" if dirty else "")
 
 
 if __name__ == "__main__":
