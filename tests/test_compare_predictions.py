@@ -4,6 +4,7 @@
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
 from maskrcnn.analysis import compare_predictions
@@ -107,3 +108,50 @@ def test_compare_reads_a_checkpoint_that_training_wrote(tmp_path):
     compare_predictions.main([str(run), str(run), "--image-ids", "1", "--out", str(out)])
     with Image.open(out) as im:
         assert im.size[0] == round(3 * compare_predictions.PANEL_INCHES * 100)
+
+
+PLUGIN = '''
+import torchvision
+from torch import nn
+
+
+class PlainAlign(nn.Module):
+    def forward(self, feature, rois, output_size, spatial_scale):
+        return torchvision.ops.roi_align(feature, rois, output_size, spatial_scale, 2, True)
+'''
+
+
+def test_a_run_of_a_user_extractor_loads_from_its_searchpath_folder(tmp_path):
+    """The run imported its extractor's module through hydra.searchpath=[file://plugins] (relative to where it
+    was started): load_run finds it there again, in a fresh process whose sys.path lacks it; without the run's
+    hydra.yaml the module is not found and the error names it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    module = f"plug_{tmp_path.name.replace('-', '_')}"
+    (plugins / f"{module}.py").write_text(PLUGIN)
+    run = tmp_path / "run"
+    cfg = compose_config("train", ["experiment=smoke", f"roi._target_={module}.PlainAlign", "roi.name=plain",
+                                   f"hydra.searchpath=[file://{plugins}]", f"paths.output_dir={run}"])  # fmt: skip
+    model = build_module(cfg, [{"id": i, "name": f"c{i}"} for i in range(1, 4)])
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(),
+                "checkpoint_format": CHECKPOINT_FORMAT}, run / "checkpoints" / "last.ckpt")  # fmt: skip
+    (run / ".hydra").mkdir()
+    hydra = {"hydra": {"searchpath": ["file://plugins"], "runtime": {"cwd": str(tmp_path)}}}
+    OmegaConf.save(hydra, run / ".hydra" / "hydra.yaml")  # the two keys of what train.py writes that matter here
+
+    code = f"from maskrcnn.analysis.trained_run import load_run; print(load_run({str(run)!r})[1].roi.name)"
+    repo = Path(__file__).resolve().parents[1]
+
+    def load() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=False)
+
+    loaded = load()
+    assert loaded.returncode == 0 and loaded.stdout.strip().splitlines()[-1] == "plain", loaded.stderr[-2000:]
+    (run / ".hydra" / "hydra.yaml").unlink()
+    failed = load()
+    assert failed.returncode != 0 and f"{module}.PlainAlign" in failed.stderr, failed.stderr[-2000:]
