@@ -76,6 +76,10 @@ def test_three_runs_are_three_columns_named_after_the_runs(runs, tmp_path, monke
     out = tmp_path / "results" / "figures" / f"{pool_run.name}_vs_{align_run.name}_vs_{pool_run.name}.png"
     with Image.open(out) as im:
         assert im.size[0] == round(4 * compare_predictions.PANEL_INCHES * 100), "ground truth + one column a run"
+    jpeg = tmp_path / "cmp.jpg"  # the committed form: same picture, JPEG-encoded
+    compare_predictions.main([str(pool_run), str(align_run), str(pool_run), "--image-ids", "1", "--out", str(jpeg)])
+    with Image.open(out) as png, Image.open(jpeg) as jpg:
+        assert jpg.format == "JPEG" and jpg.size == png.size
 
 
 def test_errors_name_the_file(runs, tmp_path, capsys):
