@@ -1,5 +1,8 @@
 """maskrcnn.analysis.compare_predictions (+ trained_run): two runs' masks side by side on val images chosen by id."""
 
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,10 +132,6 @@ def test_a_run_of_a_user_extractor_loads_from_its_searchpath_folder(tmp_path):
     """The run imported its extractor's module through hydra.searchpath=[file://plugins] (relative to where it
     was started): load_run finds it there again, in a fresh process whose sys.path lacks it; without the run's
     hydra.yaml the module is not found and the error names it."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     module = f"plug_{tmp_path.name.replace('-', '_')}"

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnn.detector import MaskRCNN
-from maskrcnn.plugins import FILE_SCHEME, import_searchpath_modules
+from maskrcnn.plugins import add_to_sys_path, searchpath_dirs
 from maskrcnn.trained_model import load_detector
 
 
@@ -34,7 +34,6 @@ def import_run_modules(run_dir: Path) -> list[Path]:
     if not hydra_yaml.is_file():
         return []
     hydra = OmegaConf.load(hydra_yaml).hydra
-    started_in = Path(OmegaConf.select(hydra, "runtime.cwd", default=None) or ".")
-    folders = [started_in / entry[len(FILE_SCHEME) :] for entry in hydra.get("searchpath") or []
-               if entry.startswith(FILE_SCHEME)]  # fmt: skip
-    return import_searchpath_modules(FILE_SCHEME + str(folder) for folder in folders if folder.is_dir())
+    started_in = OmegaConf.select(hydra, "runtime.cwd", default=None)
+    folders = searchpath_dirs(hydra.get("searchpath") or [], Path(started_in) if started_in else None)
+    return add_to_sys_path(folder for folder in folders if folder.is_dir())
