@@ -27,6 +27,10 @@ class DetectorModule(pl.LightningModule):
         image_min_size, image_max_size: the detector's resize.
         optim: the `optim` config, its lr, steps and warmup_iters already scaled to the run's global batch.
         run_config: the whole resolved run config, for evaluate.py and the analysis tools; not read here.
+        channels_last: the detector's 4-d weights, and so its feature maps, in NHWC: oneDNN's convolutions are
+            faster on it (bench/channels_last.py), and our RoI ops read NHWC maps as they are. The same weights
+            give the same losses to float32 rounding (tests/test_channels_last.py); False for checkpoints from
+            before the switch, so they evaluate in the layout they trained in.
     """
 
     def __init__(
@@ -38,10 +42,13 @@ class DetectorModule(pl.LightningModule):
         image_max_size: int,
         optim: dict[str, Any],
         run_config: dict[str, Any] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, roi, len(classes), image_min_size, image_max_size)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(images)

@@ -156,6 +156,7 @@ def build_module(cfg: DictConfig, classes: list[dict[str, Any]], schedule: Sched
         image_max_size=cfg.data.image_max_size,
         optim=optim,
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=bool(cfg.train.get("channels_last", False)),
     )
 
 

@@ -2,7 +2,8 @@
 
 Every run here is `train.py experiment=smoke train.deterministic=true` in a subprocess: 20 steps over
 epochs of 12 batches, a checkpoint at step 14 (two batches into epoch 1), one DataLoader worker (whose
-first batches are drawn before Lightning sets the epoch, which the resume has to get right).
+first batches are drawn before Lightning sets the epoch, which the resume has to get right). Each test runs in
+both memory layouts (train.channels_last true and false), the repeatability test in NHWC only.
 """
 
 import json
@@ -60,27 +61,39 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="module", params=["true", "false"], ids=["channels_last", "nchw"])
+def layout(request):
+    """The train.channels_last override of every run in a test."""
+    return f"train.channels_last={request.param}"
+
+
 @pytest.fixture(scope="module")
-def straight_run(data_dir, tmp_path_factory):
+def straight_run(data_dir, layout, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    _run(_train(run_dir, data_dir))
+    _run(_train(run_dir, data_dir, layout))
     return run_dir
 
 
-def test_two_deterministic_runs_match_bitwise(straight_run, data_dir, tmp_path):
+# In NCHW the resume test below covers repeatability too: its killed and resumed processes must together
+# reproduce the straight run's every loss and weight.
+@pytest.mark.parametrize("layout", ["true"], ids=["channels_last"], indirect=True)
+def test_two_deterministic_runs_match_bitwise(straight_run, data_dir, layout, tmp_path):
     again = tmp_path / "again"
-    _run(_train(again, data_dir))
+    _run(_train(again, data_dir, layout))
     first, second = _losses(straight_run), _losses(again)
+    hparams = read_checkpoint(again / "checkpoints" / "last.ckpt")["hyper_parameters"]
+    assert layout == f"train.channels_last={str(hparams['channels_last']).lower()}"
     assert len(first) == 20
     assert first == second, "train/loss differs between two identical deterministic runs"
     for name, tensor in _final_weights(straight_run).items():
         assert torch.equal(tensor, _final_weights(again)[name]), name
 
 
-def test_sigkill_then_resume_gives_the_straight_runs_weights_and_metrics(straight_run, data_dir, tmp_path):
+def test_sigkill_then_resume_gives_the_straight_runs_weights_and_metrics(straight_run, data_dir, layout, tmp_path):
     run_dir = tmp_path / "killed"
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(_train(run_dir, data_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = _train(run_dir, data_dir, layout)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -89,7 +102,7 @@ def test_sigkill_then_resume_gives_the_straight_runs_weights_and_metrics(straigh
     assert read_checkpoint(last)["global_step"] == 14, "the kill should land between the step-14 and step-20 saves"
     assert not (run_dir / "metrics.json").exists()
 
-    _run(_train(run_dir, data_dir, "ckpt_path=last"))
+    _run(_train(run_dir, data_dir, layout, "ckpt_path=last"))
 
     straight_weights, resumed_weights = _final_weights(straight_run), _final_weights(run_dir)
     assert straight_weights.keys() == resumed_weights.keys()
