@@ -171,3 +171,46 @@ def test_demo_summary_gathers_the_run_its_step_times_evaluation_and_predictions(
     assert summary["step_times"]["steps"] == 6 and summary["step_times"]["median_s"] == pytest.approx(0.5)
     assert summary["evaluate"] == {"segm/AP": 0.5, "bbox/AP": 0.4} and summary["predict"]["detections"] == 7
     assert summary["validations"] == [{"step": 4}] and "validations" not in summary["train"]
+
+
+def test_validation_breakdown_scores_as_evaluate_does_and_its_parts_add_up(tmp_path):
+    """bench.validation_breakdown on an untrained smoke checkpoint (8 val images of 128 px): the same 12 metrics as
+    evaluate.py on that checkpoint (the validation it claims to take apart), seconds that add up to the totals, and
+    the backbone's FLOPs equal to FlopCounterMode's count of its forward over the val set's batches."""
+    from hydra.utils import instantiate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench import validation_breakdown
+    from maskrcnn.config import compose_config
+    from maskrcnn.evaluate_checkpoint import evaluate
+    from maskrcnn.lightning_module import CHECKPOINT_FORMAT
+    from maskrcnn.training import build_module
+
+    cfg = compose_config("train", ["experiment=smoke", f"paths.output_dir={tmp_path}",
+                                   f"paths.data_dir={tmp_path / 'data'}"])  # fmt: skip
+    datamodule = instantiate(cfg.data.module)
+    datamodule.prepare_data()  # generates the smoke shapes data
+    datamodule.setup("fit")
+    torch.manual_seed(0)
+    module = build_module(cfg, datamodule.classes)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "checkpoint_format": CHECKPOINT_FORMAT, "global_step": 0}, ckpt)  # fmt: skip
+
+    report = validation_breakdown.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "breakdown.json")])
+
+    expected = evaluate(compose_config("evaluate", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}"]))
+    assert report["metrics"] == {k: v for k, v in expected.items() if k.startswith(("bbox/", "segm/"))}
+    assert report["images"] == 8 and report["checkpoint_step"] == 0 and report["channels_last"] is True
+    seconds = report["seconds"]  # each rounded to 1e-3 s
+    # No part counted twice or timed outside the forward (the rests would go negative), none left out.
+    assert seconds["model_rest"] >= -2e-3 and seconds["data"] >= -2e-3 and seconds["roi_heads_rest"] >= -2e-3
+    assert all(seconds[name] >= 0 for name in validation_breakdown.REPORTED)
+    assert min(seconds["backbone"], seconds["rpn"], seconds["mask_head"]) > 0
+
+    model = module.model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        for images, _ in datamodule.val_dataloader():
+            model.backbone(model.transform(list(images))[0].tensors)
+    assert report["gflops"]["backbone"] == round(counter.get_total_flops() / 1e9, 1) > 0
+    assert all(0 < fraction < 10 for fraction in report["gemm_fraction"].values())
