@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.report import write_json
 from bench.step_setup import detectors_and_feeds
 from bench.train_step import to_device, train_step
 from maskrcnn.runinfo import device_description
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = result["nhwc_over_nchw"]
     print(f"nhwc / nchw: step {ratio['step']:.3f}x, inference {ratio['inference']:.3f}x")
     print("first batch's losses:", json.dumps(result["first_batch_losses"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

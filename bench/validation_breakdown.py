@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import maskrcnn.detector
 from bench.flops import gemm_flops_per_s
 from bench.report import write_json
+from maskrcnn.checkpoints import read_checkpoint
 from maskrcnn.coco_eval import CocoEvaluator, detections_to_coco
 from maskrcnn.runinfo import device_description
 from maskrcnn.trained_model import load_detector
@@ -139,7 +140,7 @@ def measure(ckpt: Path) -> dict:
         "command": f"python -m bench.validation_breakdown --ckpt {ckpt}",
         "machine": device_description(),
         "threads": torch.get_num_threads(),
-        "checkpoint_step": int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1)),
+        "checkpoint_step": int(read_checkpoint(ckpt, mmap=True).get("global_step", -1)),
         "channels_last": bool(module.hparams.get("channels_last", False)),
         "images": len(image_ids),
         "detections": detections,

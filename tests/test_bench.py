@@ -175,8 +175,9 @@ def test_demo_summary_gathers_the_run_its_step_times_evaluation_and_predictions(
 
 def test_validation_breakdown_scores_as_evaluate_does_and_its_parts_add_up(tmp_path):
     """bench.validation_breakdown on an untrained smoke checkpoint (8 val images of 128 px): the same 12 metrics as
-    evaluate.py on that checkpoint (the validation it claims to take apart), seconds that add up to the totals, and
-    the backbone's FLOPs equal to FlopCounterMode's count of its forward over the val set's batches."""
+    evaluate.py on that checkpoint (the validation it claims to take apart), no part counted twice (the rests it
+    derives stay >= 0), and the backbone's FLOPs equal to FlopCounterMode's count of its forward over the val
+    set's batches."""
     from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
