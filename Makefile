@@ -27,11 +27,15 @@ build-cuda: setup
 wheel: setup
 	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
 
+# pytest-xdist: one worker per core (at most 4), whole files per worker so that a module's fixtures are built once;
+# tests/conftest.py gives each worker its share of the cores. A plain `pytest` runs the same tests in one process.
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
 test: build
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: build
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: build
 	$(PY) train.py experiment=demo

@@ -13,6 +13,8 @@ import torch
 import ops
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
 
+pytestmark = pytest.mark.usefixtures("all_cores")
+
 ops.load()  # some tests call torch.ops.roi_ops directly
 SHAPES = [(24, 30), (12, 15), (6, 8), (3, 4)]  # strides 4, 8, 16, 32 of a 96 x 120 image
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]

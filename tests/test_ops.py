@@ -17,6 +17,8 @@ import torchvision
 import ops
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
 
+pytestmark = pytest.mark.usefixtures("all_cores")
+
 ops.load()  # some tests call torch.ops.roi_ops directly
 TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 # The CPU routes. The automatic choice for NCHW maps depends on the RoI density (and C), so the tests force it.

@@ -22,6 +22,8 @@ import ops
 from ops.build import load_emulation
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
 
+pytestmark = pytest.mark.usefixtures("all_cores")
+
 ops.load()  # torch.ops.roi_ops is called directly below
 load_emulation()
 CPU = torch.ops.roi_ops

@@ -14,6 +14,8 @@ from torchvision.ops import roi_align
 
 from maskrcnn.paste import paste_masks, paste_masks_in_images
 
+pytestmark = pytest.mark.usefixtures("all_cores")
+
 M = 28
 SIZES = [(64, 64), (97, 131), (256, 256), (333, 200)]
 # Largest difference to torchvision's value of a pasted pixel: both evaluate the same bilinear formula, but

@@ -9,6 +9,8 @@ import torch
 
 import ops
 
+pytestmark = pytest.mark.usefixtures("all_cores")
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prroi_pool"
 _spec = importlib.util.spec_from_file_location("prroi_pool_example", EXAMPLE / "prroi_pool.py")
 prroi = importlib.util.module_from_spec(_spec)
