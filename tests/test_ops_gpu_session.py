@@ -58,3 +58,18 @@ def test_steps_past_the_budget_are_skipped_and_failures_reported(tmp_path):
     assert re.search(r"^build\s+skipped\s+0\s+needs ~\d+ s, -?\d+ s of the budget left", summary, re.MULTILINE)
     assert step_status(summary, "tests") == "skipped"
     assert len(list(out.iterdir())) <= 6
+
+
+def test_every_test_selection_in_the_script_names_tests_that_exist():
+    """Each ``pytest tests/FILE.py -k WORD`` the GPU steps run selects a test of that file: a selection that names
+    a test since merged away (as the deterministic step's did) would only show on a GPU, as a step run for nothing."""
+    script = (REPO / "bench" / "gpu_session.sh").read_text()
+    selections = re.findall(r"-m pytest -q -p no:cacheprovider (tests/\S+\.py) -k (\w+)", script)
+    assert len(selections) == 3, selections  # the sanitizer, deterministic and fmad_cost steps
+    files = sorted({file for file, _ in selections})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    for file, word in selections:  # a plain word: pytest's -k matches it within a test's name and ids
+        assert any(t.startswith(f"{file}::") and word.lower() in t.lower() for t in collected), (file, word)
