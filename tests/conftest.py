@@ -9,28 +9,36 @@ than one after the other (25.6 s against 22.6 s), and of 1 thread each 14.1 s. T
 still run at every core, so that the ops' parallel paths and the thread-count checks see more than one thread.
 """
 
+import contextlib
 import os
-import sys
 
 import pytest
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, CORES // WORKERS))  # read by torch here and in subprocesses
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # Before any test module imports torch, which reads it, as do the processes the tests start.
+    os.environ["OMP_NUM_THREADS"] = str(max(1, CORES // WORKERS))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` inside the block, restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture
 def all_cores():
     """torch at one thread per core for the test, as a plain ``pytest`` run has it, whatever the worker's share."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(CORES)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(CORES):
+        yield
 
 
 @pytest.fixture

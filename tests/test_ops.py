@@ -16,6 +16,7 @@ import torchvision
 
 import ops
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
+from tests.conftest import torch_threads
 
 pytestmark = pytest.mark.usefixtures("all_cores")
 
@@ -295,7 +296,7 @@ def test_backward_is_deterministic(layout):
         ):
             g1, g2 = run(fn, x)[1], run(fn, x)[1]
             assert torch.equal(g1, g2)
-            with _threads(1):
+            with torch_threads(1):
                 assert torch.equal(run(fn, x)[1], g1)  # independent of the number of threads too
 
 
@@ -306,18 +307,6 @@ class _deterministic:
 
     def __exit__(self, *exc):
         torch.use_deterministic_algorithms(self.prev)
-
-
-class _threads:
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.prev = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.prev)
 
 
 # ---------------------------------------------------------------------------------------------------
