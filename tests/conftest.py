@@ -34,6 +34,20 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool):
+    """``torch.use_deterministic_algorithms(on)`` inside the block; the previous mode and warn_only after it."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 @pytest.fixture
 def all_cores():
     """torch at one thread per core for the test, as a plain ``pytest`` run has it, whatever the worker's share."""

@@ -12,6 +12,7 @@ import torch
 
 import ops
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
+from tests.conftest import deterministic_algorithms
 
 pytestmark = pytest.mark.usefixtures("all_cores")
 
@@ -213,13 +214,9 @@ def test_cuda_matches_cpu(kind, kw, dtype, channels_last):
 def test_cuda_deterministic_equals_single_level_bitwise(kind, kw):
     """The deterministic backward gathers in RoI order per owned pixel, so it matches the per-level ops."""
     features, rois, levels = make_pyramid(torch.float32, C=16, device="cuda")
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms(True):
         out, grads = forward_backward(fused(kind, kw, rois, levels), features)
         ref_out, ref_grads = forward_backward(per_level(kind, kw, rois, levels), features)
-    finally:
-        torch.use_deterministic_algorithms(prev)
     assert torch.equal(out, ref_out)
     for grad, ref in zip(grads, ref_grads, strict=True):
         assert torch.equal(grad, ref)
@@ -251,9 +248,7 @@ def test_cuda_bad_levels_and_empty_maps_without_validation(kind, kw, determinist
     features, rois, levels = make_pyramid(torch.float32, C=16, device="cuda")
     features[3] = features[3][:, :, :0]  # an empty top level
     levels[:4] = torch.tensor([-1, 4, 9, 3], device="cuda")
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         call = lambda fs: ops.multilevel_roi(fs, rois, levels, (5, 4), SCALES, kind, validate=False, **kw)  # noqa: E731
         out, grads = forward_backward(call, features)
         valid = levels < 3  # level 3 has no pixels: its RoIs output 0 too
@@ -262,8 +257,6 @@ def test_cuda_bad_levels_and_empty_maps_without_validation(kind, kw, determinist
             lambda fs: ops.multilevel_roi(fs[:3], rois[valid], levels[valid], (5, 4), SCALES[:3], kind, **kw),
             features,
         )
-    finally:
-        torch.use_deterministic_algorithms(prev)
     assert bool((out[~valid] == 0).all())
     torch.testing.assert_close(out[valid], ref_out)
     assert grads[3].numel() == 0

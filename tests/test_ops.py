@@ -16,7 +16,7 @@ import torchvision
 
 import ops
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
-from tests.conftest import torch_threads
+from tests.conftest import deterministic_algorithms, torch_threads
 
 pytestmark = pytest.mark.usefixtures("all_cores")
 
@@ -288,7 +288,7 @@ def test_torch_compile_fullgraph(layout):
 def test_backward_is_deterministic(layout):
     x = in_layout(torch.randn(2, 8, 16, 16), layout)
     rois = make_rois(64, 2, 16, 16, torch.float32, seed=4)
-    with torch.use_deterministic_algorithms(True) if hasattr(torch, "_no_such") else _deterministic():
+    with deterministic_algorithms(True):
         for fn in (
             lambda t: ops.roi_align(t, rois, 5, 1.0, 0),
             lambda t: ops.roi_pool(t, rois, 5),
@@ -298,15 +298,6 @@ def test_backward_is_deterministic(layout):
             assert torch.equal(g1, g2)
             with torch_threads(1):
                 assert torch.equal(run(fn, x)[1], g1)  # independent of the number of threads too
-
-
-class _deterministic:
-    def __enter__(self):
-        self.prev = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc):
-        torch.use_deterministic_algorithms(self.prev)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import deterministic_algorithms
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -114,11 +116,8 @@ def assert_forward_matches(out_g, out_c, kw, dtype):
 
 @pytest.fixture
 def deterministic():
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+    with deterministic_algorithms(True):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -319,9 +318,7 @@ def test_sanitizer_smoke_every_op_and_mode(layout, deterministic):
     good = torch.ones(12, dtype=torch.bool)
     good[5:7] = False
     fmt = torch.contiguous_format if layout == "nchw" else torch.channels_last
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         for kind, kw in ML_CASES:
             on_gpu = [m.cuda().contiguous(memory_format=fmt).requires_grad_() for m in maps]
             out = ops.multilevel_roi(on_gpu, rois.cuda(), levels.cuda(), 3, scales, kind, validate=False, **kw)
@@ -331,5 +328,3 @@ def test_sanitizer_smoke_every_op_and_mode(layout, deterministic):
             torch.testing.assert_close(out[good].cpu(), ref, rtol=1e-5, atol=1e-5)
             single = ours(kind, **kw)(x.cuda().contiguous(memory_format=fmt).requires_grad_(), rois[good].cuda())
             single.sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(prev)

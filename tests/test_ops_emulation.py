@@ -21,6 +21,7 @@ import torch
 import ops
 from ops.build import load_emulation
 from ops.reference import roi_align_ref, roi_pool_ref, roi_warp_ref
+from tests.conftest import deterministic_algorithms
 
 pytestmark = pytest.mark.usefixtures("all_cores")
 
@@ -92,13 +93,9 @@ def backward(lib, grad, rois, levels, argmax, features, case, deterministic=Fals
     kind, sr, aligned, max_mode = case
     heights, widths = [f.shape[2] for f in features], [f.shape[3] for f in features]
     N, C = features[0].shape[:2]
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         return lib.multilevel_roi_backward(grad, rois, levels, argmax, SCALES[: len(features)], kind, *POOLED, N, C,
                                            heights, widths, sr, aligned, max_mode)
-    finally:
-        torch.use_deterministic_algorithms(prev)
 
 
 def assert_agree(got, ref, case, dtype):

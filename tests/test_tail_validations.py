@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from maskrcnn.callbacks.convergence import ConvergenceCheck
 from maskrcnn.runinfo import code_version
 from maskrcnn.training import tail_mean, train
+from tests.conftest import deterministic_algorithms
 
 REPO = Path(__file__).resolve().parents[1]
 RULE = "train.convergence={window: 2, max_classifier_loss: 10.0, max_tail_range: 100.0}"
@@ -32,12 +32,10 @@ def runs(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("data")
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
-    try:
+    with deterministic_algorithms(False):  # train.deterministic sets it for the whole process
         train(compose_config("train", _overrides(data, straight)))
         train(compose_config("train", _overrides(data, resumed, "trainer.max_steps=4")))
         train(compose_config("train", _overrides(data, resumed, "ckpt_path=last")))
-    finally:
-        torch.use_deterministic_algorithms(False)  # train.deterministic sets it for the whole process
     return json.loads((straight / "metrics.json").read_text()), json.loads((resumed / "metrics.json").read_text())
 
 
