@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("data")
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
-    with deterministic_algorithms(False):  # train.deterministic sets it for the whole process
+    with deterministic_algorithms(False):  # train.deterministic=true turns it on for the whole process: undo after
         train(compose_config("train", _overrides(data, straight)))
         train(compose_config("train", _overrides(data, resumed, "trainer.max_steps=4")))
         train(compose_config("train", _overrides(data, resumed, "ckpt_path=last")))
